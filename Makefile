@@ -1,0 +1,51 @@
+# hotshard: the two set-up commands are `make demo` and `make test`; each installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: demo test lint unit integration e2e bench bench-dataplane bench-engine system-deps schemas clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+## The main job: the whole loop on this machine (local mode).
+demo: $(STAMP) system-deps
+	$(BIN)/hotshard demo $(DEMO_ARGS)
+
+## Every test tier CI runs: lint, unit, integration (real processes on 127.0.0.1).
+test: lint unit integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP) system-deps
+	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
+
+bench-dataplane: $(STAMP) system-deps
+	$(BIN)/python -m bench.dataplane
+
+bench-engine: $(STAMP)
+	$(BIN)/python -m bench.engine
+
+schemas: $(STAMP)
+	$(BIN)/python -m hotshard.schemas
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
