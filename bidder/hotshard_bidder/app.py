@@ -1,0 +1,243 @@
+"""The bidder shard's HTTP handlers: from request bytes to a bid, a no-bid or a reasoned refusal.
+
+One auction request goes through, in order: size limit (413), deadline (504 when the router's
+deadline has already passed), admission (429), JSON and OpenRTB checks (400), campaign key
+(400), table version (503 when the router is ahead of us and we cannot catch up at once),
+ownership (421 naming the owner), then pricing under the campaign's budget lease (200 or 204).
+The CPU time of the work is measured with ``time.thread_time()``, charged to the campaign and
+returned in ``X-Hotshard-Cost-Us``. No client input can produce a 500: a catch-all answers 400,
+and logs the first such surprise once, since it is a bug of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from hotshard_bidder import scoring
+from hotshard_bidder.admission import RETRY_AFTER_S, Admission
+from hotshard_bidder.campaigns import CampaignBook
+from hotshard_bidder.metrics import NO_PARTITION, BidderMetrics
+from hotshard_bidder.openrtb import BadRequest, Bid, build_response, check_request, parse_json
+from hotshard_bidder.serving import (
+    COST_HEADER,
+    DEADLINE_HEADER,
+    RETRY_MS_HEADER,
+    SHARD_HEADER,
+    VERSION_HEADER,
+    TableWatch,
+    json_response,
+)
+from hotshard_bidder.settings import BidderSettings
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_RETRY_MS = 20
+"""How long a router should wait before retrying a 503 "table behind": a few file polls."""
+
+
+def _int_header(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+class BidderApp:
+    """One shard's request handling and the state it keeps between requests."""
+
+    def __init__(self, settings: BidderSettings, watch: TableWatch) -> None:
+        self.shard = settings.shard
+        self.settings = settings
+        self.watch = watch
+        self.extractor = settings.key_extractor()
+        self.metrics = BidderMetrics(settings.shard)
+        self.admission = Admission(settings.max_inflight)
+        self.book = CampaignBook(settings.shard, settings.budget_per_second)
+        self.rounds = settings.work_rounds
+        self._reported_bug = False
+        watch.holder.on_swap(self._on_swap)
+        self.metrics.set_version(watch.holder.current.version)
+
+    def _on_swap(self, old: Any, new: Any) -> None:
+        self.book.note_swap(old, new)
+        self.metrics.set_version(new.version)
+        log.info("shard %s adopted routing table version %d", self.shard, new.version)
+
+    def build(self) -> web.Application:
+        # NB: aiohttp enforces the body limit itself (413) for chunked bodies too.
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_post("/openrtb2/auction", self.auction)
+        app.router.add_post("/", self.auction)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/stats", self.stats)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    # -- the auction ------------------------------------------------------------------------
+
+    async def auction(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        self.admission.enter()
+        try:
+            # Yield once so requests the server has already accepted are counted as in flight.
+            await asyncio.sleep(0)
+            return await self._serve(request, started)
+        except Exception as exc:
+            if not self._reported_bug:
+                self._reported_bug = True
+                log.exception("unexpected failure serving a request (reported once)")
+            return self._refuse(
+                400, "bad_request", f"request could not be served: {exc!r}", started
+            )
+        finally:
+            self.admission.leave()
+
+    def _headers(self, version: int, cpu: float | None = None) -> dict[str, str]:
+        headers = {SHARD_HEADER: self.shard, VERSION_HEADER: str(version)}
+        if cpu is not None:
+            headers[COST_HEADER] = str(round(cpu * 1e6))
+        return headers
+
+    def _refuse(
+        self,
+        status: int,
+        outcome: str,
+        reason: str,
+        started: float,
+        *,
+        partition: str = NO_PARTITION,
+        cpu: float = 0.0,
+        extra: dict[str, str] | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> web.Response:
+        version = self.watch.holder.current.version
+        self.metrics.record(partition, outcome, cpu, time.perf_counter() - started)
+        headers = self._headers(version, cpu)
+        if extra:
+            headers.update(extra)
+        return json_response(status, {"error": reason, **(payload or {})}, headers)
+
+    async def _serve(self, request: web.Request, started: float) -> web.Response:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self._refuse(413, "too_large", f"body over the {limit}-byte limit", started)
+        deadline = _int_header(request.headers.get(DEADLINE_HEADER))
+        if deadline is not None and deadline <= time.time() * 1000:
+            return self._refuse(
+                504, "expired", "the request's deadline passed before work began", started
+            )
+        if self.admission.overloaded():
+            return self._refuse(
+                429,
+                "overloaded",
+                f"over {self.admission.limit} requests in flight; retry",
+                started,
+                extra={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse(413, "too_large", f"body over the {limit}-byte limit", started)
+        return self._bid(request, body, started)
+
+    def _bid(self, request: web.Request, body: bytes, started: float) -> web.Response:
+        cpu_start = time.thread_time()
+        try:
+            view = check_request(parse_json(body))
+        except BadRequest as exc:
+            return self._refuse(
+                400, "bad_request", str(exc), started, cpu=time.thread_time() - cpu_start
+            )
+        campaign = self.extractor.campaign(request.headers, view.doc)
+        if campaign is None:
+            return self._refuse(
+                400,
+                "bad_request",
+                f"no campaign key; looked in {self.extractor.describe()}",
+                started,
+                cpu=time.thread_time() - cpu_start,
+            )
+        snapshot = self.watch.holder.current
+        wanted = _int_header(request.headers.get(VERSION_HEADER))
+        if wanted is not None and wanted > snapshot.version:
+            self.watch.watcher.refresh()
+            self.watch.watcher.poke()
+            snapshot = self.watch.holder.current
+            if wanted > snapshot.version:
+                return self._refuse(
+                    503,
+                    "retry",
+                    f"routing table version {snapshot.version} is behind {wanted}",
+                    started,
+                    cpu=time.thread_time() - cpu_start,
+                    extra={"Retry-After": "1", RETRY_MS_HEADER: str(CATCH_UP_RETRY_MS)},
+                )
+        partition = snapshot.partition(campaign)
+        label = str(partition)
+        owner = snapshot.route(partition, campaign, self.extractor.secondary(view.doc))
+        if owner != self.shard:
+            return self._refuse(
+                421,
+                "misdirected",
+                f"partition {partition} is served by {owner}",
+                started,
+                partition=label,
+                cpu=time.thread_time() - cpu_start,
+                payload={"owner": owner, "version": snapshot.version, "partition": partition},
+            )
+        state = self.book.state(campaign, partition, snapshot)
+        shared = scoring.request_features(view)
+        device = scoring.device_value(view.doc)
+        bids = []
+        for imp in view.imps:
+            price, media = scoring.price_imp(imp, shared, campaign, self.rounds, device)
+            if price > 0.0 and self.book.try_spend(state, price / 1000.0):
+                bids.append(Bid(imp.id, price, media))
+        response_body = build_response(view.id, campaign, self.shard, bids) if bids else b""
+        cpu = time.thread_time() - cpu_start
+        self.book.charge_cpu(state, cpu)
+        outcome = "bid" if bids else "nobid"
+        self.metrics.record(label, outcome, cpu, time.perf_counter() - started, campaign)
+        headers = self._headers(snapshot.version, cpu)
+        if not bids:
+            return web.Response(status=204, headers=headers)
+        return web.Response(
+            status=200, body=response_body, content_type="application/json", headers=headers
+        )
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        self.metrics.set_inflight(self.admission.inflight)
+        self.metrics.set_version(self.watch.holder.current.version)
+        return web.Response(
+            body=self.metrics.exposition(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return json_response(
+            200, self.metrics.stats(self.watch.holder.current.version, self.admission.inflight)
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return json_response(200, {"alive": True, "shard": self.shard})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        snapshot = self.watch.holder.current
+        known = self.shard in snapshot.urls
+        payload = {
+            "ready": True,
+            "shard": self.shard,
+            "version": snapshot.version,
+            "in_table": known,
+        }
+        return json_response(200, payload)

@@ -1,0 +1,80 @@
+"""``hotshard bidder``: run one bidder shard.
+
+Flags override ``HOTSHARD_BIDDER_*`` environment variables, which override the defaults in
+:class:`~hotshard_bidder.settings.BidderSettings`. The shard refuses to start without a
+readable routing table, so ``/readyz`` answering means the table is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from pydantic import ValidationError
+
+from hotshard_bidder.app import BidderApp
+from hotshard_bidder.serving import TableWatch, install_uvloop, serve, tick
+from hotshard_bidder.settings import (
+    COMMON_FIELDS,
+    BidderSettings,
+    add_common_flags,
+    settings_from_args,
+)
+
+log = logging.getLogger(__name__)
+
+HOT_ROLL_INTERVAL_S = 0.25
+"""How often the hot-campaign window is checked, so an idle shard still publishes on time."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_common_flags(parser)
+    parser.add_argument("--shard", help="this shard's name in the routing table")
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        help="requests in progress beyond which new ones get 429 (default 64)",
+    )
+    parser.add_argument(
+        "--budget-per-second",
+        type=float,
+        help="default budget per campaign per second (default 50)",
+    )
+    parser.add_argument(
+        "--work-rounds", type=int, help="scoring rounds per request, the CPU cost knob (default 24)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    fields = (*COMMON_FIELDS, "shard", "max_inflight", "budget_per_second", "work_rounds")
+    try:
+        settings = settings_from_args(BidderSettings, args, fields)
+    except ValidationError as exc:
+        log.error("invalid bidder settings (flags or HOTSHARD_BIDDER_* env):\n%s", exc)
+        return 2
+    try:
+        watch = TableWatch.open(settings.routing_file, settings.poll_interval)
+    except (OSError, ValueError) as exc:
+        log.error("cannot load the routing table %s: %s", settings.routing_file, exc)
+        return 2
+    if settings.shard not in watch.holder.current.urls:
+        log.warning(
+            "shard %s is not in routing table version %d; it will answer 421",
+            settings.shard,
+            watch.holder.current.version,
+        )
+    install_uvloop()
+    bidder = BidderApp(settings, watch)
+
+    async def run() -> None:
+        await serve(
+            bidder.build(),
+            settings.host,
+            settings.port,
+            f"bidder {settings.shard}",
+            [watch.watcher.run, lambda: tick(HOT_ROLL_INTERVAL_S, bidder.metrics.hot.roll)],
+        )
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,117 @@
+"""What the bidder and the router share to run: the table watch, the event loop, the HTTP shell.
+
+Both services load the routing table from a :class:`FileRoutingStore`, keep it current with a
+:class:`FileTableWatcher` feeding a :class:`SnapshotHolder`, and serve aiohttp on uvloop until
+SIGTERM or SIGINT, then finish what is in flight and exit 0. Keeping that here leaves each
+service's module with only its own request logic, and keeps the HTTP layer thin enough to
+swap for another server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from hotshard.routing import RoutingSnapshot
+from hotshard.routing.store import FileRoutingStore, FileTableWatcher, SnapshotHolder
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+SHARD_HEADER = "X-Hotshard-Shard"
+VERSION_HEADER = "X-Hotshard-Routing-Version"
+COST_HEADER = "X-Hotshard-Cost-Us"
+DEADLINE_HEADER = "X-Hotshard-Deadline-Ms"
+RETRY_MS_HEADER = "X-Hotshard-Retry-After-Ms"
+SHUTDOWN_GRACE_S = 5.0
+"""Time given to requests in flight at SIGTERM: far above any request's deadline."""
+
+
+def json_response(
+    status: int, payload: Any, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON response serialized with orjson."""
+    return web.Response(
+        status=status, body=orjson.dumps(payload), content_type=JSON, headers=headers
+    )
+
+
+@dataclass
+class TableWatch:
+    """The routing table as one service sees it: store, current snapshot and its watcher."""
+
+    store: FileRoutingStore
+    holder: SnapshotHolder
+    watcher: FileTableWatcher
+
+    @classmethod
+    def open(cls, path: Path, poll_interval: float) -> TableWatch:
+        """Load the table at ``path`` now; fail early (with the reason) if it is unreadable."""
+        store = FileRoutingStore(path)
+        table, _ = store.read()
+        holder = SnapshotHolder(RoutingSnapshot(table))
+        watcher = FileTableWatcher(store, holder, interval=poll_interval)
+        watcher.refresh()
+        return cls(store, holder, watcher)
+
+
+def install_uvloop() -> None:
+    """Use uvloop when it is installed; the stdlib loop works too, only slower."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        log.warning("uvloop is not installed; using the standard asyncio event loop")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    name: str,
+    background: list[Callable[[], Coroutine[Any, Any, None]]],
+) -> None:
+    """Serve ``app`` with ``background`` tasks running beside it until SIGTERM/SIGINT."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    log.info("%s listening on http://%s:%s", name, host, bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(job()) for job in background]
+    try:
+        await stop.wait()
+        log.info("%s stopping: finishing requests in flight", name)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runner.shutdown()
+        await asyncio.wait_for(runner.cleanup(), SHUTDOWN_GRACE_S)
+    log.info("%s stopped", name)
+
+
+async def tick(interval: float, action: Callable[[], None]) -> None:
+    """Call ``action`` every ``interval`` seconds, logging (not dying on) its errors."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            action()
+        except Exception:
+            log.exception("periodic task %s failed; it will run again", action)

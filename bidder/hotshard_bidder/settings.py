@@ -1,0 +1,155 @@
+"""Settings of the two data-plane services, the bidder shard and the router.
+
+Both read defaults from the environment through pydantic-settings (prefixes
+``HOTSHARD_BIDDER_`` and ``HOTSHARD_ROUTER_``) and let command-line flags override them, so a
+Kubernetes pod is configured by its env and a developer by flags. The settings are validated
+once at start-up; nothing on the request path touches pydantic.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hotshard.routing.keys import CAMPAIGN_HEADER, DEFAULT_CAMPAIGN_POINTERS, KeyExtractor
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class _KeySettings(BaseSettings):
+    host: str = Field(default="127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(default=0, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    routing_file: Path = Field(description="The routing table file (FileRoutingStore).")
+    poll_interval: float = Field(
+        # NB: 50 ms keeps a service one poll behind a commit, far inside a 100 ms deadline.
+        default=0.05,
+        gt=0,
+        le=60,
+        description="Seconds between checks of the routing file.",
+    )
+    campaign_header: str = Field(default=CAMPAIGN_HEADER)
+    campaign_pointers: tuple[str, ...] = Field(default=DEFAULT_CAMPAIGN_POINTERS)
+    max_body_bytes: int = Field(
+        # NB: real OpenRTB requests are 0.5-12 KB; 64 KiB leaves room for big native requests
+        # while capping what one client can make us buffer.
+        default=64 * 1024,
+        ge=1024,
+        description="Bodies larger than this get 413.",
+    )
+
+    def key_extractor(self) -> KeyExtractor:
+        return KeyExtractor(header=self.campaign_header, campaign_pointers=self.campaign_pointers)
+
+
+class BidderSettings(_KeySettings):
+    """One bidder shard. Env prefix ``HOTSHARD_BIDDER_``."""
+
+    model_config = SettingsConfigDict(env_prefix="HOTSHARD_BIDDER_")
+
+    shard: str = Field(description="This shard's name in the routing table.")
+    max_inflight: int = Field(
+        # NB: at ~100 µs of CPU per bid, 64 queued requests are ~6 ms of work: beyond that a
+        # request would wait longer than it is worth, so it is better refused (429) at once.
+        default=64,
+        ge=1,
+        description="Requests in progress beyond which new ones get 429.",
+    )
+    budget_per_second: float = Field(
+        default=50.0, gt=0, description="Default spend per campaign per second (CPM units/1000)."
+    )
+    work_rounds: int = Field(
+        # NB: 24 rounds put the median bid at ~70 µs of CPU (50-150 µs over the corpus),
+        # about what a small production model costs.
+        default=24,
+        ge=0,
+        le=1000,
+        description="Scoring rounds per imp (CPU cost knob).",
+    )
+
+
+class RouterSettings(_KeySettings):
+    """The router. Env prefix ``HOTSHARD_ROUTER_``."""
+
+    model_config = SettingsConfigDict(env_prefix="HOTSHARD_ROUTER_")
+
+    default_deadline_ms: int = Field(
+        # NB: exchanges typically give bidders 100-300 ms all in; 100 ms is the common tmax.
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Deadline when a request carries no tmax.",
+    )
+    max_deadline_ms: int = Field(
+        # NB: some requests say tmax=5000; holding a connection that long only hides trouble.
+        default=500,
+        ge=1,
+        le=60_000,
+        description="Upper clamp on a request's tmax.",
+    )
+    breaker_failures: int = Field(
+        # NB: 5 consecutive failures is past noise but still trips within a few ms at load.
+        default=5,
+        ge=1,
+        description="Consecutive failures that open a shard's breaker.",
+    )
+    breaker_cooloff: float = Field(
+        # NB: 1 s lets a restarting process come back before the half-open probe.
+        default=1.0,
+        gt=0,
+        description="Seconds a breaker stays open before a probe.",
+    )
+    hot_k: int = Field(
+        # NB: 20 campaigns covers any realistic simultaneous hot set and bounds label series.
+        default=20,
+        ge=1,
+        le=1000,
+        description="Campaigns kept by the heavy-hitter sketch.",
+    )
+    connections_per_shard: int = Field(
+        # NB: 64 matches a bidder's default max-inflight; more would only queue in the shard.
+        default=64,
+        ge=1,
+        description="Keep-alive pool size per shard.",
+    )
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags both services share; each defaults to ``None`` so the env/default stays in force."""
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default: a free one)")
+    parser.add_argument("--routing-file", type=Path, help="routing table JSON file")
+    parser.add_argument("--poll-interval", type=float, help="seconds between routing checks")
+    parser.add_argument("--campaign-header", help=f"campaign key header ({CAMPAIGN_HEADER})")
+    parser.add_argument(
+        "--campaign-pointer",
+        dest="campaign_pointers",
+        action="append",
+        help="JSON pointer to the campaign key; repeat for a chain "
+        f"(default {', '.join(DEFAULT_CAMPAIGN_POINTERS)})",
+    )
+    parser.add_argument("--max-body-bytes", type=int, help="413 above this (default 65536)")
+
+
+def settings_from_args(cls: type[S], args: argparse.Namespace, fields: tuple[str, ...]) -> S:
+    """Build ``cls`` from the environment, with every flag the user gave taking precedence."""
+    overrides: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = tuple(value) if isinstance(value, list) else value
+    return cls(**overrides)
+
+
+COMMON_FIELDS = (
+    "host",
+    "port",
+    "routing_file",
+    "poll_interval",
+    "campaign_header",
+    "campaign_pointers",
+    "max_body_bytes",
+)

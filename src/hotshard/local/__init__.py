@@ -1,0 +1,1 @@
+"""Local mode: hotshard's services as processes on this machine instead of pods."""
