@@ -1,0 +1,226 @@
+"""Forwarding one request to its shard, with the retries a migration needs, inside its deadline.
+
+This is where the router keeps its promise that every accepted request gets exactly one
+answer before its deadline. :meth:`Forwarder.forward` runs all attempts under one
+``asyncio.timeout_at``; whatever happens inside (a slow shard, a refused connection, a sleep
+between retries) the deadline ends it with an explicit 504. Answers the router reacts to:
+
+- **421** (the shard no longer owns the partition): refresh the table, re-route, retry once.
+- **503 with ``X-Hotshard-Retry-After-Ms``** (the shard's table is behind ours): wait that
+  long and retry, as often as the deadline allows.
+- **429** (the shard is overloaded): back off with jitter and retry while there is time, else
+  pass the 429 on.
+- A connection failure or a timeout counts against the shard's circuit breaker; an open breaker
+  answers 503 at once instead of waiting on a shard that is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+
+from hotshard.routing.keys import CAMPAIGN_HEADER
+from hotshard.routing.store import FileTableWatcher, SnapshotHolder
+from hotshard_bidder.breaker import CircuitBreaker
+from hotshard_bidder.router_metrics import NO_SHARD, RouterMetrics
+from hotshard_bidder.serving import (
+    COST_HEADER,
+    DEADLINE_HEADER,
+    RETRY_MS_HEADER,
+    SHARD_HEADER,
+    VERSION_HEADER,
+)
+
+AUCTION_PATH = "/openrtb2/auction"
+DEFAULT_RETRY_MS = 20
+"""Wait before retrying a 503 that gave no hint: a few table polls of a lagging shard."""
+BACKOFF_BASE_S = 0.002
+"""First 429 back-off: 2 ms, about twenty bids' worth of a shard's CPU, doubling per retry."""
+MIN_ATTEMPT_S = 0.001
+"""Do not start an attempt with less than 1 ms left: a loopback round trip alone takes that."""
+PASSED_HEADERS = (SHARD_HEADER, COST_HEADER, "Retry-After", RETRY_MS_HEADER)
+OUTCOMES = {
+    200: "bid",
+    204: "nobid",
+    400: "bad_request",
+    413: "too_large",
+    421: "misdirected",
+    429: "overloaded",
+    502: "shard_error",
+    503: "unavailable",
+    504: "deadline",
+}
+
+
+@dataclass(slots=True)
+class Answer:
+    """The one answer a request gets, whoever produced it."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    shard: str = NO_SHARD
+
+    @property
+    def outcome(self) -> str:
+        return OUTCOMES.get(self.status, f"http_{self.status}")
+
+
+def error_answer(status: int, reason: str, shard: str = NO_SHARD, **extra: str) -> Answer:
+    """An explicit error from the router itself, with the reason in a JSON body."""
+    headers = {"Content-Type": "application/json", **extra}
+    if shard != NO_SHARD:
+        headers[SHARD_HEADER] = shard
+    return Answer(status, orjson.dumps({"error": reason, "shard": shard}), headers, shard)
+
+
+@dataclass(slots=True)
+class _Trace:
+    """Where a forward stands, so a deadline that cuts it short can say what it was doing."""
+
+    shard: str = NO_SHARD
+    version: int = 0
+    waiting: bool = False
+    retries: dict[str, int] = field(default_factory=dict)
+
+
+class Forwarder:
+    """Sends requests to shards through one keep-alive session, per the current snapshot."""
+
+    def __init__(
+        self,
+        holder: SnapshotHolder,
+        watcher: FileTableWatcher,
+        session: aiohttp.ClientSession,
+        metrics: RouterMetrics,
+        *,
+        breaker_failures: int,
+        breaker_cooloff: float,
+    ) -> None:
+        self.holder = holder
+        self.watcher = watcher
+        self.session = session
+        self.metrics = metrics
+        self.breaker_failures = breaker_failures
+        self.breaker_cooloff = breaker_cooloff
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    def breaker(self, shard: str) -> CircuitBreaker:
+        breaker = self.breakers.get(shard)
+        if breaker is None:
+            breaker = CircuitBreaker(self.breaker_failures, self.breaker_cooloff)
+            self.breakers[shard] = breaker
+        return breaker
+
+    async def forward(
+        self, body: bytes, campaign: str, secondary: str, deadline: float, deadline_ms: int
+    ) -> tuple[Answer, int]:
+        """Forward until a final answer or ``deadline`` (loop time); return it and the version
+        of the table that routed the final attempt."""
+        trace = _Trace()
+        try:
+            async with asyncio.timeout_at(deadline):
+                answer = await self._attempts(
+                    trace, body, campaign, secondary, deadline, deadline_ms
+                )
+        except TimeoutError:
+            if trace.waiting:
+                self.breaker(trace.shard).record_failure()
+            doing = f"waiting for shard {trace.shard}" if trace.waiting else "between retries"
+            answer = error_answer(504, f"deadline passed {doing}", trace.shard)
+        return answer, trace.version
+
+    async def _attempts(
+        self,
+        trace: _Trace,
+        body: bytes,
+        campaign: str,
+        secondary: str,
+        deadline: float,
+        deadline_ms: int,
+    ) -> Answer:
+        loop = asyncio.get_running_loop()
+        snapshot = self.holder.current
+        partition = snapshot.partition(campaign)
+        refreshed = False
+        backoffs = 0
+        while True:
+            shard = snapshot.route(partition, campaign, secondary)
+            trace.shard, trace.version = shard, snapshot.version
+            breaker = self.breaker(shard)
+            if not breaker.allow():
+                retry_after = max(1, round(breaker.retry_in()))
+                return error_answer(
+                    503,
+                    f"circuit breaker of shard {shard} is open",
+                    shard,
+                    **{"Retry-After": str(retry_after)},
+                )
+            headers = {
+                "Content-Type": "application/json",
+                CAMPAIGN_HEADER: campaign,
+                VERSION_HEADER: str(snapshot.version),
+                DEADLINE_HEADER: str(deadline_ms),
+            }
+            trace.waiting = True
+            try:
+                async with self.session.post(
+                    snapshot.urls[shard] + AUCTION_PATH, data=body, headers=headers
+                ) as resp:
+                    payload = await resp.read()
+                    status, got = resp.status, resp.headers
+            except asyncio.CancelledError:
+                raise  # the deadline: forward() answers it (trace.waiting is still set)
+            except (aiohttp.ClientError, OSError) as exc:
+                trace.waiting = False
+                breaker.record_failure()
+                return error_answer(
+                    502, f"shard {shard} failed: {type(exc).__name__}: {exc}", shard
+                )
+            trace.waiting = False
+            breaker.record_success()
+
+            if status == 421 and not refreshed:
+                refreshed = True
+                self.metrics.retried("misdirected")
+                self.watcher.refresh()
+                self.watcher.poke()
+                snapshot = self.holder.current
+                continue
+            if status == 503 and RETRY_MS_HEADER in got:
+                wait = _retry_ms(got) / 1000.0
+                if loop.time() + wait + MIN_ATTEMPT_S < deadline:
+                    self.metrics.retried("catching_up")
+                    await asyncio.sleep(wait)
+                    snapshot = self.holder.current
+                    continue
+            if status == 429:
+                wait = BACKOFF_BASE_S * (2**backoffs) * random.uniform(0.5, 1.5)
+                if loop.time() + wait + MIN_ATTEMPT_S < deadline:
+                    backoffs += 1
+                    self.metrics.retried("overloaded")
+                    await asyncio.sleep(wait)
+                    snapshot = self.holder.current
+                    continue
+            return Answer(status, payload, _pass_headers(got), got.get(SHARD_HEADER, shard))
+
+
+def _retry_ms(headers: CIMultiDictProxy[str]) -> int:
+    try:
+        return max(1, int(headers.get(RETRY_MS_HEADER, DEFAULT_RETRY_MS)))
+    except ValueError:
+        return DEFAULT_RETRY_MS
+
+
+def _pass_headers(got: CIMultiDictProxy[str]) -> dict[str, str]:
+    out: dict[str, Any] = {name: got[name] for name in PASSED_HEADERS if name in got}
+    content_type = got.get("Content-Type")
+    if content_type:
+        out["Content-Type"] = content_type
+    return out
