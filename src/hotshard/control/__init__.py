@@ -1,0 +1,1 @@
+"""The control loop shared by local mode and the Kubernetes operator: observe, decide, act."""

@@ -1,0 +1,201 @@
+"""The metrics source that asks a real Prometheus, with a handful of PromQL queries per second.
+
+The fleet's costs must stay flat as it grows (hundreds of shards, 4096+ virtual partitions), so
+the control loop never pulls every series. Each tick asks for:
+
+* the top-``k`` partitions by request rate and the top-``k`` by CPU (``topk`` is evaluated
+  inside Prometheus; only ``2k`` series cross the wire), and for those partitions only, their
+  service time and the other signal;
+* per-shard totals (rate, CPU, mean service time, in-flight requests, resident memory);
+* the routers' top-k hot campaigns;
+* the timestamp of the newest sample, which gives the age the engine needs to fail static.
+
+Rates use ``rate(...[3s])``: with a 1 s scrape, three samples is the shortest window that still
+gives two points when a scrape arrives late. Partitions outside the top-k are simply absent; the
+engine treats an absent partition as "not hot", which is what being outside the top-k means.
+aiohttp is the client because the services already depend on it; one more HTTP stack would buy
+nothing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from hotshard.engine.model import CampaignLoad, Observation, PartitionLoad, ShardLoad
+from hotshard.routing import partition_of
+
+WINDOW = "3s"
+TOP_K = 20
+"""Partitions fetched per signal: a few hot spots at a time are realistic; 20 leaves margin."""
+QUERY_TIMEOUT_S = 0.8
+"""A query must answer inside the 1 s loop; later data would be stale anyway."""
+
+_REQ = "hotshard_bidder_requests_total"
+_CPU = "hotshard_bidder_cpu_seconds_total"
+_LAT = "hotshard_bidder_latency_seconds_total"
+
+
+def partition_queries(k: int = TOP_K) -> dict[str, str]:
+    """PromQL for the top-k partitions by rate and by CPU (partition label ``none`` excluded)."""
+    sel = '{partition!="none"}'
+    return {
+        "rate": f"topk({k}, sum by (partition) (rate({_REQ}{sel}[{WINDOW}])))",
+        "cpu": f"topk({k}, sum by (partition) (rate({_CPU}{sel}[{WINDOW}])))",
+    }
+
+
+def detail_queries(partitions: list[str]) -> dict[str, str]:
+    """Rate, CPU and service-time sums of the named partitions only."""
+    sel = '{partition=~"' + "|".join(partitions) + '"}'
+    return {
+        "rate": f"sum by (partition) (rate({_REQ}{sel}[{WINDOW}]))",
+        "cpu": f"sum by (partition) (rate({_CPU}{sel}[{WINDOW}]))",
+        "latency": f"sum by (partition) (rate({_LAT}{sel}[{WINDOW}]))",
+    }
+
+
+SHARD_QUERIES = {
+    "rate": f"sum by (shard) (rate({_REQ}[{WINDOW}]))",
+    "cpu": f"sum by (shard) (rate({_CPU}[{WINDOW}]))",
+    "latency": f"sum by (shard) (rate({_LAT}[{WINDOW}]))",
+    "queue": "max by (shard) (hotshard_bidder_inflight)",
+    "memory": "max by (shard) (process_resident_memory_bytes)",
+}
+CAMPAIGN_QUERY = "max by (campaign, partition) (hotshard_router_hot_campaign_requests)"
+NEWEST_QUERY = "max(timestamp(hotshard_bidder_inflight))"
+
+
+def vector_by(result: Any, label: str) -> dict[str, float]:
+    """``{label value: sample value}`` from an instant-vector result, NaN samples dropped."""
+    out: dict[str, float] = {}
+    for series in result or ():
+        key = series.get("metric", {}).get(label)
+        value = float(series["value"][1])
+        if key is not None and not math.isnan(value):
+            out[key] = value
+    return out
+
+
+def build_partitions(
+    rate: Mapping[str, float], cpu: Mapping[str, float], latency_sum: Mapping[str, float]
+) -> dict[int, PartitionLoad]:
+    loads = {}
+    for label in set(rate) | set(cpu):
+        if not label.isdigit():
+            continue
+        r = rate.get(label, 0.0)
+        loads[int(label)] = PartitionLoad(
+            rate=r, cpu=cpu.get(label, 0.0), latency=latency_sum.get(label, 0.0) / r if r else 0.0
+        )
+    return loads
+
+
+def build_shards(values: Mapping[str, Mapping[str, float]]) -> dict[str, ShardLoad]:
+    shards = {}
+    for name in values["rate"]:
+        r = values["rate"][name]
+        shards[name] = ShardLoad(
+            rate=r,
+            cpu=values["cpu"].get(name, 0.0),
+            memory=values["memory"].get(name, 0.0),
+            latency=values["latency"].get(name, 0.0) / r if r else 0.0,
+            queue=values["queue"].get(name, 0.0),
+        )
+    return shards
+
+
+def build_campaigns(result: Any) -> list[CampaignLoad]:
+    campaigns = []
+    for series in result or ():
+        metric = series.get("metric", {})
+        campaign = metric.get("campaign")
+        if not campaign:
+            continue
+        partition = metric.get("partition", "")
+        campaigns.append(
+            CampaignLoad(
+                campaign=campaign,
+                partition=int(partition) if partition.isdigit() else partition_of(campaign),
+                rate=float(series["value"][1]),
+            )
+        )
+    return campaigns
+
+
+class QueryError(RuntimeError):
+    """Prometheus did not answer a query usefully."""
+
+
+class PrometheusSource:
+    """Builds each second's observation from about a dozen PromQL queries."""
+
+    def __init__(self, base_url: str, *, k: int = TOP_K) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.k = k
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT_S)
+            )
+        return self._session
+
+    async def query(self, promql: str) -> Any:
+        """Run an instant query; return its ``result`` list."""
+        url = f"{self.base_url}/api/v1/query"
+        try:
+            async with self._client().get(url, params={"query": promql}) as resp:
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+            raise QueryError(f"Prometheus at {self.base_url} did not answer: {exc!r}") from exc
+        if body.get("status") != "success":
+            raise QueryError(f"query {promql!r} failed: {body.get('error', body)}")
+        return body["data"]["result"]
+
+    async def _named(self, queries: Mapping[str, str]) -> dict[str, Any]:
+        results = await asyncio.gather(*(self.query(q) for q in queries.values()))
+        return dict(zip(queries, results, strict=True))
+
+    async def observe(self, now: float) -> Observation:
+        try:
+            newest = await self.query(NEWEST_QUERY)
+            top = await self._named(partition_queries(self.k))
+            labels = sorted(
+                set(vector_by(top["rate"], "partition")) | set(vector_by(top["cpu"], "partition"))
+            )
+            labels = [p for p in labels if p.isdigit()]
+            details = await self._named(detail_queries(labels)) if labels else {}
+            shard_raw = await self._named(SHARD_QUERIES)
+            hot = await self.query(CAMPAIGN_QUERY)
+        except QueryError:
+            # NB: no answer is the stalest data there is; the engine will hold.
+            return Observation(time=now, partitions={}, shards={}, age_seconds=math.inf)
+        partitions = (
+            build_partitions(
+                vector_by(details["rate"], "partition"),
+                vector_by(details["cpu"], "partition"),
+                vector_by(details["latency"], "partition"),
+            )
+            if details
+            else {}
+        )
+        shards = build_shards({k: vector_by(v, "shard") for k, v in shard_raw.items()})
+        stamp = float(newest[0]["value"][1]) if newest else -math.inf
+        return Observation(
+            time=now,
+            partitions=partitions,
+            shards=shards,
+            campaigns=build_campaigns(hot),
+            age_seconds=max(0.0, now - stamp),
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

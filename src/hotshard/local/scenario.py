@@ -1,0 +1,294 @@
+"""Scenarios: what traffic the demo replays, described in a YAML file built from real data.
+
+A scenario names a real key distribution for campaign popularity (which campaigns exist and how
+often each is asked for), a base request rate, and a spike whose *shape* is cut from a real
+traffic trace, time-compressed, that takes a few named campaigns to ``factor`` times their
+normal rate. The demo's built-in scenario is a file like any other (``scenarios/``), so a user
+replays their own trace by writing one. This module owns the file's schema, its validation
+(a bad file is rejected with the field named) and its compilation into a :class:`TrafficPlan`:
+weights for the steady campaigns and a per-second rate for the hot ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hotshard import datasets
+
+BUILTIN_DIR = Path(__file__).resolve().parents[3] / "scenarios"
+DEFAULT_SCENARIO = "election-night"
+
+
+class ScenarioError(ValueError):
+    """A scenario file is unreadable or invalid; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InlineCampaign(_Strict):
+    """One campaign of an inline key distribution."""
+
+    name: str = Field(min_length=1, description="Campaign key, as sent in X-Hotshard-Campaign.")
+    weight: float = Field(gt=0, description="Relative popularity; weights need not sum to 1.")
+
+
+class CampaignSource(_Strict):
+    """Where campaign keys and their popularity come from."""
+
+    dataset: Literal["wikipedia_top100_election", "azure_functions", "inline"] = Field(
+        description="wikipedia_top100_election: article names weighted by their views on "
+        "2016-11-09; azure_functions: function hashes weighted by a day of invocations; "
+        "inline: the `keys` list below."
+    )
+    limit: int | None = Field(
+        default=None, ge=1, description="Keep only the `limit` most popular keys."
+    )
+    keys: tuple[InlineCampaign, ...] = Field(
+        default=(), description="The distribution itself, when `dataset` is inline."
+    )
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Self:
+        if self.dataset == "inline" and not self.keys:
+            raise ValueError("dataset 'inline' needs a non-empty `keys` list")
+        if self.dataset != "inline" and self.keys:
+            raise ValueError(f"`keys` is only read when dataset is 'inline', not {self.dataset!r}")
+        return self
+
+
+class Spike(_Strict):
+    """A spike on a few campaigns, shaped like a stretch of a real trace."""
+
+    campaigns: tuple[str, ...] = Field(min_length=1, description="The campaigns that turn hot.")
+    factor: float = Field(
+        default=1000.0, gt=1, description="Peak rate of each hot campaign over its normal rate."
+    )
+    trace: Literal["worldcup98", "azure_functions", "inline"] = Field(
+        description="Which real per-minute series gives the spike its shape."
+    )
+    start: str | None = Field(
+        default=None, description="worldcup98: the first minute, e.g. '1998-05-18 12:15:00'."
+    )
+    function: str | None = Field(
+        default=None, description="azure_functions: the function hash whose series is used."
+    )
+    first_minute: int = Field(
+        default=0, ge=0, description="azure_functions: index of the first minute (0-based)."
+    )
+    values: tuple[float, ...] = Field(
+        default=(), description="inline: the per-minute counts themselves."
+    )
+    minutes: int = Field(ge=1, le=1440, description="How many trace minutes the spike lasts.")
+    seconds_per_minute: float = Field(
+        default=1.0, gt=0, le=60, description="Time compression: one trace minute lasts this long."
+    )
+
+    @model_validator(mode="after")
+    def _check_trace(self) -> Self:
+        needs = {"worldcup98": "start", "azure_functions": "function", "inline": "values"}
+        field = needs[self.trace]
+        if not getattr(self, field):
+            raise ValueError(f"trace {self.trace!r} needs `{field}`")
+        return self
+
+
+class Phases(_Strict):
+    """How long the quiet stretches around the spike last."""
+
+    before_seconds: float = Field(gt=0, le=600, description="Steady traffic before the spike.")
+    after_seconds: float = Field(
+        gt=0, le=1800, description="Steady traffic after the spike (the cooldown runs here)."
+    )
+
+
+class QuickRun(_Strict):
+    """The shorter timings ``--quick`` uses; the traffic is otherwise the same."""
+
+    before_seconds: float = Field(gt=0, le=600)
+    spike_minutes: int = Field(ge=1, le=1440)
+    after_seconds: float = Field(gt=0, le=1800)
+
+
+class Scenario(_Strict):
+    """A replayable traffic scenario. Every field is described in ``docs/scenarios.md``."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][-a-z0-9]*$")
+    description: str = ""
+    base_rate: float = Field(
+        gt=0, le=5000, description="Requests per second over all campaigns, without the spike."
+    )
+    campaigns: CampaignSource
+    spike: Spike
+    phases: Phases
+    quick: QuickRun | None = None
+
+    def quickened(self) -> Scenario:
+        """The same scenario with its ``quick`` timings, or itself when it has none."""
+        if self.quick is None:
+            return self
+        spike = self.spike.model_copy(update={"minutes": self.quick.spike_minutes})
+        phases = Phases(
+            before_seconds=self.quick.before_seconds, after_seconds=self.quick.after_seconds
+        )
+        return self.model_copy(update={"spike": spike, "phases": phases})
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    """A scenario compiled to rates: what the load generators send, second by second."""
+
+    scenario: Scenario
+    weights: dict[str, float]
+    """Normal share of every campaign (hot ones included), summing to 1."""
+    hot: tuple[str, ...]
+    spike_start: float
+    spike_end: float
+    duration: float
+    hot_rates: tuple[float, ...]
+    """Requests per second of all hot campaigns together, one value per second of the run."""
+
+    @property
+    def other_rate(self) -> float:
+        """Steady rate of the campaigns that never turn hot."""
+        return self.scenario.base_rate * sum(
+            w for k, w in self.weights.items() if k not in self.hot
+        )
+
+    @property
+    def hot_normal_rate(self) -> float:
+        return self.scenario.base_rate * sum(self.weights[k] for k in self.hot)
+
+    def other_weights(self) -> dict[str, float]:
+        return {k: w for k, w in self.weights.items() if k not in self.hot}
+
+    def hot_weights(self) -> dict[str, float]:
+        return {k: self.weights[k] for k in self.hot}
+
+    def phase_of(self, t: float) -> str:
+        """``before``, ``during`` or ``after`` for a time in seconds since the run's start."""
+        if t < self.spike_start:
+            return "before"
+        return "during" if t < self.spike_end else "after"
+
+
+def load_scenario(source: str | Path) -> Scenario:
+    """Read a scenario from a file path, or by name from the built-in ``scenarios/`` folder."""
+    path = Path(source)
+    if not path.exists() and path.suffix == "" and (BUILTIN_DIR / f"{source}.yaml").exists():
+        path = BUILTIN_DIR / f"{source}.yaml"
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"scenario {path} is not valid YAML: {exc}") from exc
+    return parse_scenario(document, where=str(path))
+
+
+def parse_scenario(document: object, *, where: str = "scenario") -> Scenario:
+    """Validate a parsed YAML document; errors name each bad field by its dotted path."""
+    if not isinstance(document, dict):
+        raise ScenarioError(f"{where}: the top level must be a mapping of fields")
+    try:
+        return Scenario.model_validate(document)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"field `{field}`: {message}")
+        raise ScenarioError(f"{where} is invalid: " + "; ".join(problems)) from None
+
+
+def read_key_weights(source: CampaignSource) -> dict[str, float]:
+    """The campaign distribution as ``{campaign: share}``, most popular first, summing to 1."""
+    pairs: Sequence[tuple[str, float]]
+    if source.dataset == "wikipedia_top100_election":
+        pairs = [(name, float(views)) for name, views in datasets.wikipedia_top100_election()]
+    elif source.dataset == "azure_functions":
+        pairs = [
+            (name, float(sum(counts))) for name, counts in datasets.azure_functions_per_minute()
+        ]
+    else:
+        pairs = [(k.name, k.weight) for k in source.keys]
+    ranked = sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])[: source.limit]
+    total = sum(w for _, w in ranked)
+    return {name: w / total for name, w in ranked}
+
+
+def read_spike_shape(spike: Spike) -> list[float]:
+    """The spike's per-minute counts, cut from its trace."""
+    if spike.trace == "inline":
+        counts = list(spike.values)
+    elif spike.trace == "worldcup98":
+        series = datasets.worldcup98_per_minute()
+        labels = [minute for minute, _ in series]
+        wanted = spike.start if spike.start and len(spike.start) > 16 else f"{spike.start}:00"
+        try:
+            first = labels.index(wanted)
+        except ValueError:
+            raise ScenarioError(
+                f"field `spike.start`: minute {spike.start!r} is not in the World Cup 98 trace"
+            ) from None
+        counts = [float(c) for _, c in series[first : first + spike.minutes]]
+    else:
+        functions = dict(datasets.azure_functions_per_minute())
+        if spike.function not in functions:
+            raise ScenarioError(
+                f"field `spike.function`: {spike.function!r} is not in the Azure Functions trace"
+            )
+        series_af = functions[spike.function]
+        counts = [
+            float(c) for c in series_af[spike.first_minute : spike.first_minute + spike.minutes]
+        ]
+    if len(counts) < spike.minutes:
+        counts += [counts[-1] if counts else 0.0] * (spike.minutes - len(counts))
+    counts = counts[: spike.minutes]
+    if max(counts) <= 0:
+        raise ScenarioError("field `spike`: the chosen stretch of the trace is all zeros")
+    return counts
+
+
+def compile_plan(scenario: Scenario) -> TrafficPlan:
+    """Turn a scenario into per-second rates for the steady and the hot campaigns."""
+    weights = read_key_weights(scenario.campaigns)
+    missing = [c for c in scenario.spike.campaigns if c not in weights]
+    if missing:
+        raise ScenarioError(
+            "field `spike.campaigns`: not in the campaign distribution: " + ", ".join(missing)
+        )
+    counts = read_spike_shape(scenario.spike)
+    peak = max(counts)
+    hot = tuple(scenario.spike.campaigns)
+    normal = scenario.base_rate * sum(weights[c] for c in hot)
+    spike_start = scenario.phases.before_seconds
+    spike_length = scenario.spike.minutes * scenario.spike.seconds_per_minute
+    spike_end = spike_start + spike_length
+    duration = spike_end + scenario.phases.after_seconds
+    rates = []
+    for second in range(math.ceil(duration)):
+        if spike_start <= second < spike_end:
+            minute = int((second - spike_start) / scenario.spike.seconds_per_minute)
+            # NB: the trace's own peak maps to `factor`; its quiet minutes stay near 1x.
+            multiplier = 1.0 + (scenario.spike.factor - 1.0) * counts[minute] / peak
+            rates.append(normal * multiplier)
+        else:
+            rates.append(normal)
+    return TrafficPlan(
+        scenario=scenario,
+        weights=weights,
+        hot=hot,
+        spike_start=spike_start,
+        spike_end=spike_end,
+        duration=duration,
+        hot_rates=tuple(rates),
+    )
