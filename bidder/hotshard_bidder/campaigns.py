@@ -2,11 +2,13 @@
 
 A campaign has a budget per second. When its partition is split k ways, every shard serving
 it holds a *lease* of ``budget / k`` (k from :meth:`RoutingSnapshot.ways`), so the shards
-together never spend more than the budget. Lease changes are the dangerous moment: the shard
-that gains a campaign through a table change (a move, a split) starts its lease only at the
-next whole second, by which time the previous owner's spend for the current second is final;
-a lease that grows (a merge) also waits for the next second; a lease that shrinks applies at
-once. Within a second, spend is paced: by a fraction ``f`` of the second, at most
+together never spend more than the budget. Lease changes are the dangerous moment, because
+shards adopt a new table at slightly different times. So a change never raises a shard's
+share at once: at each table swap the shard records, for every partition (and split campaign)
+whose share changed, a *cap* of ``min(old share, new share)`` that holds until the whole second
+after a hand-over grace. A shard that newly gains a campaign thus starts its lease at that next
+whole second (its old share was 0), a merge waits the same way, and a shrink applies at once.
+Within a second, spend is paced: by a fraction ``f`` of the second, at most
 ``lease * (f + PACING_SLACK)`` may be spent, so a burst at the top of the second cannot drain it.
 """
 
@@ -14,15 +16,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hotshard.routing import RoutingSnapshot
 
+K = TypeVar("K", bound=Hashable)
+
 PACING_SLACK = 0.1
 """Spend may run 10% of the lease ahead of an even spread, so a quiet start is not punished."""
-GAIN_MEMORY_S = 10.0
-"""How long a recorded gain is kept; far longer than the one second it matters for."""
+HANDOVER_GRACE_S = 0.25
+"""Upper bound on how long after us another shard may still act on the previous table: it
+adopts a new table within one poll (50 ms) or at once when a router sends a newer version;
+250 ms is five polls. A share that starts or grows waits for the whole second after this."""
 
 
 @dataclass(slots=True)
@@ -33,34 +40,30 @@ class CampaignState:
     partition: int
     version: int = 0
     lease: float = 0.0
-    next_lease: float = 0.0
-    next_from: int = 0
+    recheck_at: float = math.inf
     second: int = 0
     spent: float = 0.0
     bids: int = 0
     cpu_seconds: float = 0.0
 
-    def roll(self, second: int) -> None:
-        """Start accounting for ``second``; adopt a pending lease whose time has come."""
-        if second != self.second:
-            self.second = second
-            self.spent = 0.0
-        if self.next_from and second >= self.next_from:
-            self.lease = self.next_lease
-            self.next_from = 0
 
-    def allowance(self, now: float) -> float:
-        """What may still be spent now under the lease and the pacing curve."""
-        self.roll(int(now))
-        paced = self.lease * min(1.0, (now - self.second) + PACING_SLACK)
-        return paced - self.spent
+@dataclass(frozen=True, slots=True)
+class ShareCap:
+    """This shard's share of a campaign's budget may not exceed ``share`` before ``until``."""
+
+    until: int
+    share: float
+
+
+def _share(me: str, shards: tuple[str, ...]) -> float:
+    return 1.0 / len(shards) if me in shards else 0.0
 
 
 class CampaignBook:
     """All campaign states of one shard, kept consistent with the routing table it serves by.
 
-    Register :meth:`note_swap` with the :class:`SnapshotHolder` so that partitions (and split
-    campaigns) this shard newly gains are known, with the whole second their lease starts.
+    Register :meth:`note_swap` with the :class:`SnapshotHolder` so that every change of this
+    shard's share is capped until it is safe.
     """
 
     def __init__(
@@ -68,73 +71,99 @@ class CampaignBook:
         shard: str,
         budget_per_second: float,
         clock: Callable[[], float] = time.time,
+        grace: float = HANDOVER_GRACE_S,
     ) -> None:
         self.shard = shard
         self.budget_per_second = budget_per_second
         self.clock = clock
+        self.grace = grace
         self.states: dict[str, CampaignState] = {}
-        self._gained_partitions: dict[int, int] = {}
-        self._gained_campaigns: dict[tuple[int, str], int] = {}
+        self._partition_caps: dict[int, ShareCap] = {}
+        self._campaign_caps: dict[tuple[int, str], ShareCap] = {}
 
     # -- table changes ----------------------------------------------------------------------
 
+    def next_safe_second(self) -> int:
+        """The first whole second in which no shard can still be spending on an older table."""
+        return math.floor(self.clock() + self.grace) + 1
+
     def note_swap(self, old: RoutingSnapshot, new: RoutingSnapshot) -> None:
-        """Record what this shard gains from ``old`` to ``new``: its lease starts next second."""
-        start = math.floor(self.clock()) + 1
-        me = self.shard
-        for p in range(new.partitions):
-            if me in new.shards_for(p) and me not in old.shards_for(p):
-                self._gained_partitions[p] = start
-        for p, campaign in set(new.campaign_splits) | set(old.campaign_splits):
-            if me in new.shards_for(p, campaign) and me not in old.shards_for(p, campaign):
-                self._gained_campaigns[(p, campaign)] = start
-        self._forget_old_gains(start)
-
-    def _forget_old_gains(self, start: int) -> None:
-        horizon = start - GAIN_MEMORY_S
-        self._gained_partitions = {
-            p: at for p, at in self._gained_partitions.items() if at >= horizon
-        }
-        self._gained_campaigns = {
-            k: at for k, at in self._gained_campaigns.items() if at >= horizon
-        }
-
-    def gained_at(self, partition: int, campaign: str) -> int:
-        """The whole second from which this shard may spend for ``campaign`` (0: always)."""
-        return max(
-            self._gained_partitions.get(partition, 0),
-            self._gained_campaigns.get((partition, campaign), 0),
+        """Cap every share that ``old`` -> ``new`` changes until the next safe second."""
+        now, until = self.clock(), self.next_safe_second()
+        self._partition_caps = self._capped(
+            self._partition_caps,
+            ((p, old.shards_for(p), new.shards_for(p)) for p in range(new.partitions)),
+            now,
+            until,
         )
+        campaigns = set(new.campaign_splits) | set(old.campaign_splits)
+        self._campaign_caps = self._capped(
+            self._campaign_caps,
+            ((k, old.shards_for(*k), new.shards_for(*k)) for k in campaigns),
+            now,
+            until,
+        )
+
+    def _capped(
+        self,
+        caps: dict[K, ShareCap],
+        changes: Iterable[tuple[K, tuple[str, ...], tuple[str, ...]]],
+        now: float,
+        until: int,
+    ) -> dict[K, ShareCap]:
+        live = {k: cap for k, cap in caps.items() if cap.until > now}
+        for key, before, after in changes:
+            if before == after:
+                continue
+            share = min(_share(self.shard, before), _share(self.shard, after))
+            previous = live.get(key)
+            if previous is not None:
+                share = min(share, previous.share)
+            live[key] = ShareCap(until, share)
+        return live
+
+    def cap(self, partition: int, campaign: str, now: float) -> ShareCap | None:
+        """The tightest cap in force on this campaign's share now, if any."""
+        found = None
+        for cap in (
+            self._partition_caps.get(partition),
+            self._campaign_caps.get((partition, campaign)),
+        ):
+            if cap is not None and cap.until > now and (found is None or cap.share < found.share):
+                found = cap
+        return found
 
     # -- the request path -------------------------------------------------------------------
 
     def state(self, campaign: str, partition: int, snapshot: RoutingSnapshot) -> CampaignState:
-        """The campaign's state, with its lease brought up to ``snapshot``'s version."""
+        """The campaign's state, with its lease brought up to ``snapshot`` and to now."""
         state = self.states.get(campaign)
         if state is None:
             state = self.states[campaign] = CampaignState(campaign, partition)
-        if state.version != snapshot.version:
-            self._update_lease(state, snapshot)
+        now = self.clock()
+        if state.version != snapshot.version or now >= state.recheck_at:
+            self._update_lease(state, snapshot, now)
         return state
 
-    def _update_lease(self, state: CampaignState, snapshot: RoutingSnapshot) -> None:
-        now = self.clock()
-        target = self.budget_per_second / snapshot.ways(state.partition, state.campaign)
-        gained = self.gained_at(state.partition, state.campaign)
-        fresh = state.version == 0
+    def _update_lease(self, state: CampaignState, snapshot: RoutingSnapshot, now: float) -> None:
         state.version = snapshot.version
-        if gained > now:
-            # Newly gained: nothing this second, the full lease from the gain's second on.
-            state.lease, state.next_lease, state.next_from = 0.0, target, gained
-        elif fresh or target <= state.lease:
-            state.lease, state.next_lease, state.next_from = target, target, 0
+        share = _share(self.shard, snapshot.shards_for(state.partition, state.campaign))
+        cap = self.cap(state.partition, state.campaign, now)
+        if cap is not None and cap.share < share:
+            share, state.recheck_at = cap.share, float(cap.until)
         else:
-            # A growing lease (a merge) waits for the other shards' spend to become final.
-            state.next_lease, state.next_from = target, math.floor(now) + 1
+            state.recheck_at = math.inf
+        state.lease = self.budget_per_second * share
 
     def try_spend(self, state: CampaignState, amount: float) -> bool:
-        """Spend ``amount`` if the lease and pacing allow it."""
-        if amount > state.allowance(self.clock()):
+        """Spend ``amount`` if the lease and the pacing curve allow it."""
+        now = self.clock()
+        second = int(now)
+        if second != state.second:
+            state.second = second
+            state.spent = 0.0
+        paced = state.lease * min(1.0, (now - second) + PACING_SLACK)
+        if state.spent + amount > paced:
             return False
         state.spent += amount
         state.bids += 1
