@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "router": ("hotshard_bidder.router", "run the router, the fleet's front door"),
     "loadgen": ("hotshard_bidder.loadgen", "send open-loop OpenRTB load and report latency"),
     "demo": ("hotshard.local.demo", "run the whole loop on this machine (local mode)"),
+    "operator": ("hotshard_operator.cli", "run the PartitionMap operator on Kubernetes (kopf)"),
 }
 
 
