@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 
+from prometheus_client import disable_created_metrics
 from pydantic import ValidationError
 
 from hotshard_bidder.app import BidderApp
@@ -65,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
             watch.holder.current.version,
         )
     install_uvloop()
+    # NB: *_created series double the exposition and nobody queries them.
+    disable_created_metrics()
     bidder = BidderApp(settings, watch)
 
     async def run() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from prometheus_client import disable_created_metrics
 from pydantic import ValidationError
 
 from hotshard.routing import RoutingSnapshot
@@ -215,6 +216,8 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot load the routing table %s: %s", settings.routing_file, exc)
         return 2
     install_uvloop()
+    # NB: *_created series double the exposition and nobody queries them.
+    disable_created_metrics()
     router = RouterApp(settings, watch)
 
     async def run() -> None:
