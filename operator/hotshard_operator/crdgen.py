@@ -7,8 +7,9 @@ a type, boolean ``exclusiveMinimum``. :func:`structural` converts one into the o
 of this module wraps the result in a CustomResourceDefinition with the status and scale
 subresources, printer columns, short name and category.
 
-Run ``python -m hotshard_operator.crdgen`` to rewrite ``crds/partitionmaps.hotshard.io.yaml``
-and ``docs/partitionmap-reference.md``; a unit test fails when either is out of date.
+Run ``python -m hotshard_operator.crdgen`` to rewrite ``crds/partitionmaps.hotshard.io.yaml``,
+the chart's copy of it and ``docs/partitionmap-reference.md``; a unit test fails when any is
+out of date.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ Schema = dict[str, Any]
 
 CRD_PATH = Path("crds") / f"{PLURAL}.{GROUP}.yaml"
 REFERENCE_PATH = Path("docs") / "partitionmap-reference.md"
+CHART_CRD_PATH = Path("charts") / "hotshard" / "files" / CRD_PATH.name
+"""The chart templates its CRD from this copy, since Helm reads no file outside the chart."""
 _DROP = {"title", "$defs", "additionalProperties"}
 
 
@@ -173,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the PartitionMap CRD and reference.")
     parser.add_argument("--root", type=Path, default=Path("."), help="repository root")
     args = parser.parse_args(argv)
-    for path, text in ((CRD_PATH, render_crd()), (REFERENCE_PATH, render_reference())):
+    outputs = (
+        (CRD_PATH, render_crd()),
+        (CHART_CRD_PATH, render_crd()),
+        (REFERENCE_PATH, render_reference()),
+    )
+    for path, text in outputs:
         target = args.root / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)

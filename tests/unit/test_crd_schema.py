@@ -85,6 +85,7 @@ def sample(**spec: Any) -> dict[str, Any]:
 
 def test_committed_crd_and_reference_are_generated() -> None:
     assert (ROOT / crdgen.CRD_PATH).read_text() == crdgen.render_crd(), "run crdgen"
+    assert (ROOT / crdgen.CHART_CRD_PATH).read_text() == crdgen.render_crd(), "run crdgen"
     assert (ROOT / crdgen.REFERENCE_PATH).read_text() == render_reference(), "run crdgen"
 
 
