@@ -61,7 +61,7 @@ Planner = Callable[[RoutingTable, RoutingTable], HandoverPlan]
 
 
 def default_planner() -> Planner:
-    from hotshard.routing.migration import plan_handover  # type: ignore[import-not-found,unused-ignore]
+    from hotshard.routing.migration import plan_handover
 
     planner: Planner = plan_handover
     return planner
@@ -132,6 +132,8 @@ class ControlLoop:
     async def tick(self, now: float | None = None) -> TickResult:
         now = time.time() if now is None else now
         table, token = self.store.read()
+        if table.migrations and self.settings.mitigate:
+            table, token = self._roll_back(table, token)
         await self.actuator.released(table)
         observation = await self.source.observe(now)
         decision = self._decide(observation, table)
@@ -181,6 +183,23 @@ class ControlLoop:
         elif not hot and self._was_hot:
             self.timeline.add(now, "calm", decision.reason, decision)
         self._was_hot = hot
+
+    def _roll_back(self, table: RoutingTable, token: str) -> tuple[RoutingTable, str]:
+        """Undo a hand-over a previous tick left half-done, so the engine can plan again."""
+        from hotshard.routing.migration import rollback
+
+        undone = rollback(table)
+        try:
+            token = self.store.replace(undone, token)
+        except StaleTokenError:
+            return self.store.read()
+        self.timeline.add(
+            time.time(),
+            "hold",
+            f"v{undone.version}: rolled back the unfinished hand-over of v{table.version}",
+            version=undone.version,
+        )
+        return undone, token
 
     # -- acting ---------------------------------------------------------------------------
 

@@ -97,8 +97,10 @@ def build_partitions(
 
 def build_shards(values: Mapping[str, Mapping[str, float]]) -> dict[str, ShardLoad]:
     shards = {}
-    for name in values["rate"]:
-        r = values["rate"][name]
+    # NB: a shard routed nothing has no request series but does export its in-flight gauge;
+    # it is idle, not missing.
+    for name in set(values["rate"]) | set(values["queue"]):
+        r = values["rate"].get(name, 0.0)
         shards[name] = ShardLoad(
             rate=r,
             cpu=values["cpu"].get(name, 0.0),

@@ -1,0 +1,372 @@
+"""``hotshard demo``: the whole loop on this machine, on real bid requests and a real spike.
+
+One pass starts, on 127.0.0.1 only, a fleet of bidder processes (base shards, a warm pool of
+overflow shards, a sandbox shard) under cgroup CPU quotas where possible, the router, the
+control loop (reading a real Prometheus, or the services directly when Prometheus is missing)
+and two load generators replaying the scenario. The default run makes two passes of the same
+scenario, a baseline with mitigation off and then the real one, and writes the report
+(:mod:`hotshard.local.report`). Every process a pass starts is stopped when it ends, fails or is
+interrupted (Ctrl-C, SIGTERM): through an :class:`contextlib.ExitStack`, and through an
+``atexit`` hook for the paths a stack cannot see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import logging
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+from hotshard.control.loop import ControlLoop, LoopSettings
+from hotshard.control.prometheus import PrometheusSource
+from hotshard.control.sources import DirectSource, MetricsSource
+from hotshard.engine.config import EngineConfig
+from hotshard.engine.core import Engine
+from hotshard.local.cgroups import open_limiter
+from hotshard.local.fleet import FleetShape, LocalFleet
+from hotshard.local.processes import ServiceProcess, free_port, start_service
+from hotshard.local.prometheus import LocalPrometheus, find_prometheus
+from hotshard.local.report import PassRecord, Sample, build_summary, write_report
+from hotshard.local.scenario import (
+    DEFAULT_SCENARIO,
+    ScenarioError,
+    TrafficPlan,
+    compile_plan,
+    load_scenario,
+)
+from hotshard.local.traffic import TrafficRun, build_specs, write_hot_trace
+from hotshard.local.view import LiveView, Progress
+from hotshard.routing import RoutingTable, Shard
+from hotshard.routing.store import FileRoutingStore
+from hotshard.routing.table import Tier
+
+log = logging.getLogger(__name__)
+
+DEMO_COOLDOWN_S = 10.0
+"""Scale-down wait in the demo: long enough to see capacity held after the spike, short
+enough to see it given back inside the run (the product default stays 15 min)."""
+QUICK_COOLDOWN_S = 5.0
+DEMO_SETTLE_S = 5.0
+"""A moved route is left alone for 5 s in the demo (30 s in production), so the merge back
+fits inside a run of a minute."""
+REPORT_TIMEOUT_S = 30.0
+"""How long to wait for a load generator's report after its last send was due."""
+
+_cleanups: list[Callable[[], None]] = []
+
+
+def _run_cleanups() -> None:
+    while _cleanups:
+        with contextlib.suppress(Exception):
+            _cleanups.pop()()
+
+
+@contextlib.contextmanager
+def _on_exit(callback: Callable[[], None]) -> Iterator[None]:
+    """Run ``callback`` when the block ends, and at interpreter exit if it never does."""
+    _cleanups.append(callback)
+    try:
+        yield
+    finally:
+        if callback in _cleanups:
+            _cleanups.remove(callback)
+        callback()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario",
+        default=DEFAULT_SCENARIO,
+        help="scenario YAML file, or a built-in name (default election-night)",
+    )
+    parser.add_argument("--quick", action="store_true", help="the short version (under 2 min)")
+    parser.add_argument(
+        "--no-mitigation",
+        action="store_true",
+        help="observe only: the control loop records decisions, writes nothing",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the baseline pass (mitigation off) that the report compares to",
+    )
+    parser.add_argument(
+        "--cooldown",
+        type=float,
+        default=None,
+        help="seconds of calm before scale-down (default 10, quick 5)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=Path("demo-report"),
+        help="report directory (default demo-report/)",
+    )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="scrape the services directly even when Prometheus is installed",
+    )
+
+
+def engine_config(cooldown: float) -> EngineConfig:
+    base = EngineConfig()
+    planning = base.planning.model_copy(
+        update={
+            "cooldown_seconds": cooldown,
+            "settle_seconds": DEMO_SETTLE_S,
+            # NB: measured for a bidder under a quarter-core quota on this machine (docs).
+            "shard_capacity_rps": 350.0,
+            "shard_capacity_cpu": FleetShape().base_cores,
+            # NB: the demo's spike needs three overflow shards; a fleet that had seen such spikes
+            # before would have learnt that (the cost model's demand history) and kept them.
+            "min_warm_pool": FleetShape().warm,
+        }
+    )
+    return base.model_copy(update={"planning": planning})
+
+
+async def run_pass(
+    plan: TrafficPlan,
+    *,
+    mitigate: bool,
+    cooldown: float,
+    workdir: Path,
+    prometheus: LocalPrometheus | None,
+    view: LiveView,
+) -> PassRecord:
+    """Start a fleet, replay the scenario through it, stop everything, return the record."""
+    title = "with hotshard" if mitigate else "baseline, mitigation off"
+    run_id = uuid.uuid4().hex[:8]
+    run_dir = workdir / ("main" if mitigate else "baseline")
+    limiter, why = open_limiter(run_id)
+    view.say(limiter.note if limiter else f"NOTE: {why}")
+    store = FileRoutingStore(run_dir / "routing.json")
+    fleet = LocalFleet(run_dir, store.path, FleetShape(), limiter)
+    with contextlib.ExitStack() as stack:
+        if limiter is not None:
+            stack.enter_context(_on_exit(limiter.close))
+        stack.enter_context(_on_exit(fleet.stop_all))
+        # The table must exist before a shard starts: every shard reads it at start-up.
+        placeholder = RoutingTable.even(
+            [_shard("base-0", "base", "http://127.0.0.1:9")], partitions=4096
+        )
+        store.initialize(placeholder)
+        shards = await asyncio.to_thread(fleet.initial_shards)
+        table, token = store.read()
+        store.replace(RoutingTable.even(shards, version=table.version + 1), token)
+        router = start_service(
+            stack, "router", ["router", "--routing-file", str(store.path)], log_dir=run_dir / "logs"
+        )
+        stack.enter_context(_on_exit(lambda: _stop(router)))
+        source = _source(prometheus, fleet, router)
+        loop = ControlLoop(
+            Engine(engine_config(cooldown)), source, store, fleet, LoopSettings(mitigate=mitigate)
+        )
+        traffic = TrafficRun(
+            build_specs(
+                plan,
+                router.url + "/openrtb2/auction",
+                write_hot_trace(plan, run_dir / "hot-rate.csv"),
+                seed=1,
+            ),
+            plan,
+        )
+        stack.enter_context(_on_exit(traffic.stop))
+        base_owners = _owners_of(store.read()[0], plan.hot)
+        stop = asyncio.Event()
+        t0 = time.time() + 1.0  # NB: a child load generator takes about a second to start
+        traffic.start()
+        ticking = asyncio.create_task(loop.run(stop))
+        refresh = None
+        if prometheus is not None:
+            scraped = prometheus
+
+            def refresh() -> None:
+                scraped.set_targets({**fleet.urls(), "router": router.url})
+
+        samples = await _watch(plan, loop, fleet, refresh, traffic, title, t0, view)
+        stop.set()
+        await ticking
+        groups = await asyncio.to_thread(traffic.results, REPORT_TIMEOUT_S)
+        t0 = groups["hot"].started_at
+        samples = [Sample(s.t - t0, s.shards, s.shard_rates, s.hot) for s in samples]
+        await fleet.aclose()
+        await source.aclose()
+        end = time.time()
+        fleet.stop_all()
+        return PassRecord(
+            mitigate=mitigate,
+            t0=t0,
+            spike_start=plan.spike_start,
+            spike_end=plan.spike_end,
+            groups=groups,
+            timeline=list(loop.timeline),
+            samples=samples,
+            base_owners=base_owners,
+            shard_seconds=fleet.shard_seconds(end),
+        )
+
+
+def _stop(service: ServiceProcess | None) -> None:
+    if service is not None:
+        service.stop()
+
+
+def _shard(name: str, tier: Tier, url: str) -> Shard:
+    return Shard(name=name, tier=tier, url=url)
+
+
+def _owners_of(table: RoutingTable, campaigns: tuple[str, ...]) -> set[str]:
+    from hotshard.routing import RoutingSnapshot
+
+    snap = RoutingSnapshot(table)
+    return {s for c in campaigns for s in snap.shards_for(snap.partition(c), c)}
+
+
+def _source(
+    prometheus: LocalPrometheus | None, fleet: LocalFleet, router: ServiceProcess
+) -> MetricsSource:
+    if prometheus is None:
+        return DirectSource(fleet.urls, router.url)
+    services = {**fleet.urls(), "router": router.url}
+    prometheus.set_targets(services)
+    return PrometheusSource(prometheus.url)
+
+
+async def _watch(
+    plan: TrafficPlan,
+    loop: ControlLoop,
+    fleet: LocalFleet,
+    refresh: Callable[[], None] | None,
+    traffic: TrafficRun,
+    title: str,
+    t0: float,
+    view: LiveView,
+) -> list[Sample]:
+    """Sample the run once a second until the load generators finish; feed the live view.
+
+    Samples carry wall-clock times; the caller rebases them on the first request's time.
+    """
+    samples: list[Sample] = []
+    deadline = time.monotonic() + plan.duration + REPORT_TIMEOUT_S
+    while not traffic.done() and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        if refresh is not None:
+            refresh()  # warm-pool shards come and go; Prometheus must follow
+        now = time.time()
+        elapsed = now - t0
+        last = loop.last
+        rates = {n: s.rate for n, s in last.observation.shards.items()} if last else {}
+        hot = (
+            tuple(
+                f"p{h.partition}" + (f"/{h.campaign}" if h.campaign else "")
+                for h in last.decision.hot
+            )
+            if last
+            else ()
+        )
+        samples.append(Sample(now, fleet.count(), rates, hot))  # wall time; rebased later
+        entry = loop.timeline.last()
+        view.update(
+            Progress(
+                title=title,
+                elapsed=elapsed,
+                phase=plan.phase_of(elapsed),
+                rate=sum(rates.values()),
+                p99_ms=None,
+                hot=hot,
+                shards=fleet.count(),
+                shard_rates=rates,
+                decision=f"{entry.kind}: {entry.reason}" if entry else "none yet",
+            )
+        )
+    return samples
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        scenario = load_scenario(args.scenario)
+        if args.quick:
+            scenario = scenario.quickened()
+        plan = compile_plan(scenario)
+    except ScenarioError as exc:
+        print(f"hotshard demo: {exc}")
+        return 2
+    cooldown = (
+        args.cooldown
+        if args.cooldown is not None
+        else (QUICK_COOLDOWN_S if args.quick else DEMO_COOLDOWN_S)
+    )
+    atexit.register(_run_cleanups)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return asyncio.run(_demo(args, plan, cooldown))
+    finally:
+        _run_cleanups()
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def _demo(args: argparse.Namespace, plan: TrafficPlan, cooldown: float) -> int:
+    notes: list[str] = []
+    with LiveView() as view, tempfile.TemporaryDirectory(prefix="hotshard-demo-") as tmp:
+        workdir = Path(tmp)
+        binary = None if args.direct else find_prometheus()
+        prometheus: LocalPrometheus | None = None
+        if binary is None:
+            notes.append("Prometheus not found: the control loop scraped /stats and /hot directly")
+        else:
+            prometheus = LocalPrometheus(binary, workdir / "prometheus", free_port())
+            await asyncio.to_thread(prometheus.start)
+            _cleanups.append(lambda: _stop(prometheus))
+            notes.append(f"metrics from Prometheus ({binary}) scraping every second")
+        for note in notes:
+            view.say(note)
+        try:
+            baseline = None
+            if args.no_mitigation or not args.no_baseline:
+                baseline = await run_pass(
+                    plan,
+                    mitigate=False,
+                    cooldown=cooldown,
+                    workdir=workdir,
+                    prometheus=prometheus,
+                    view=view,
+                )
+            main_pass = baseline
+            if not args.no_mitigation:
+                main_pass = await run_pass(
+                    plan,
+                    mitigate=True,
+                    cooldown=cooldown,
+                    workdir=workdir,
+                    prometheus=prometheus,
+                    view=view,
+                )
+                assert main_pass is not None
+            assert main_pass is not None
+        finally:
+            if prometheus is not None:
+                prometheus.stop()
+        compared = baseline if main_pass is not baseline else None
+        summary = build_summary(main_pass, compared, plan.scenario.name, notes)
+        files = write_report(args.report, summary, main_pass, compared)
+    print(f"report written to {args.report}/ ({len(files)} files)")
+    print(
+        f"detect {summary['detect_seconds']} s, mitigate {summary['mitigate_seconds']} s, "
+        f"lost {summary['lost_requests']}, shards peak {summary['shards_peak']} "
+        f"end {summary['shards_end']}"
+    )
+    return 0

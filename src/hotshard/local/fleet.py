@@ -1,0 +1,228 @@
+"""The local fleet: bidder processes in three tiers, and the actuator that grows and shrinks it.
+
+On Kubernetes a shard is a StatefulSet pod with a CPU limit; here it is a ``hotshard bidder``
+process, placed in its own cgroup with a CPU quota when the machine allows
+(:mod:`hotshard.local.cgroups`). :class:`LocalFleet` owns every bidder process of a demo run:
+it starts the base shards, the warm pool of overflow shards and the sandbox shard, and, as the
+control loop's :class:`~hotshard.control.actuator.Actuator`, starts new warm shards in the
+background when the engine claims some, adds them to the routing table once ready, and stops
+overflow shards that the table no longer routes anything to (highest ordinals first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from hotshard.control.actuator import PoolChange
+from hotshard.engine.model import PoolState
+from hotshard.local.cgroups import CpuLimiter
+from hotshard.local.processes import ServiceProcess, free_port
+from hotshard.routing import RoutingTable, Shard
+from hotshard.routing.table import Tier
+
+log = logging.getLogger(__name__)
+
+VERSION_TIMEOUT_S = 0.3
+"""A /readyz probe that takes longer than this counts as 'not there yet'."""
+
+
+@dataclass(frozen=True)
+class FleetShape:
+    """How many shards of each tier a run starts with, and each tier's CPU quota in cores."""
+
+    base: int = 3
+    warm: int = 3
+    sandbox: int = 1
+    base_cores: float = 0.15
+    overflow_cores: float = 0.15
+    sandbox_cores: float = 0.1
+
+    def cores(self, tier: Tier) -> float:
+        return {"base": self.base_cores, "overflow": self.overflow_cores}.get(
+            tier, self.sandbox_cores
+        )
+
+
+@dataclass
+class ShardProcess:
+    name: str
+    tier: Tier
+    service: ServiceProcess
+    started_at: float
+    stopped_at: float | None = None
+
+
+@dataclass
+class LocalFleet:
+    """Every bidder process of one run, and the actuator operations on them."""
+
+    run_dir: Path
+    routing_file: Path
+    shape: FleetShape
+    limiter: CpuLimiter | None
+    shards: dict[str, ShardProcess] = field(default_factory=dict)
+    history: list[ShardProcess] = field(default_factory=list)
+    """Every shard process ever started, for shard-seconds."""
+    _starting: dict[str, asyncio.Task[ShardProcess]] = field(default_factory=dict)
+    _ordinal: dict[str, int] = field(default_factory=lambda: {"base": 0, "overflow": 0})
+    _session: aiohttp.ClientSession | None = None
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _next_name(self, tier: Tier) -> str:
+        if tier == "sandbox":
+            return f"sandbox-{sum(1 for s in self.history if s.tier == 'sandbox')}"
+        n = self._ordinal[tier]
+        self._ordinal[tier] = n + 1
+        return f"{tier}-{n}"
+
+    def start_shard(self, tier: Tier, name: str | None = None) -> ShardProcess:
+        """Start one bidder (blocking until ready) and put it under its tier's CPU quota."""
+        name = name or self._next_name(tier)
+        port = free_port()
+        service = ServiceProcess(
+            name,
+            [
+                "bidder",
+                "--shard",
+                name,
+                "--port",
+                str(port),
+                "--routing-file",
+                str(self.routing_file),
+            ],
+            port=port,
+            log_path=self.run_dir / "logs" / f"{name}.log",
+        )
+        service.start()
+        assert service.proc is not None
+        if self.limiter is not None:
+            try:
+                self.limiter.limit(name, service.proc.pid, self.shape.cores(tier))
+            except OSError as exc:
+                log.warning("could not put %s under a CPU quota: %s", name, exc)
+        shard = ShardProcess(name, tier, service, time.time())
+        self.shards[name] = shard
+        self.history.append(shard)
+        return shard
+
+    def stop_shard(self, name: str) -> None:
+        shard = self.shards.pop(name, None)
+        if shard is None:
+            return
+        shard.service.stop()
+        shard.stopped_at = time.time()
+        if self.limiter is not None:
+            self.limiter.release(name)
+
+    def stop_all(self) -> None:
+        for name in list(self.shards):
+            self.stop_shard(name)
+
+    def initial_shards(self) -> list[Shard]:
+        """Start the run's starting fleet; return the table entries for them."""
+        shape = self.shape
+        counts: tuple[tuple[Tier, int], ...] = (
+            ("base", shape.base),
+            ("overflow", shape.warm),
+            ("sandbox", shape.sandbox),
+        )
+        tiers = [tier for tier, n in counts for _ in range(n)]
+        return [self._entry(self.start_shard(tier)) for tier in tiers]
+
+    @staticmethod
+    def _entry(shard: ShardProcess) -> Shard:
+        return Shard(name=shard.name, tier=shard.tier, url=shard.service.url)
+
+    def urls(self) -> dict[str, str]:
+        return {name: s.service.url for name, s in self.shards.items()}
+
+    def count(self) -> int:
+        return len(self.shards)
+
+    def shard_seconds(self, until: float) -> float:
+        return sum((s.stopped_at or until) - s.started_at for s in self.history)
+
+    # -- actuator -------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self._starting)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=VERSION_TIMEOUT_S)
+            )
+        return self._session
+
+    async def _version(self, name: str) -> int | None:
+        shard = self.shards.get(name)
+        if shard is None:
+            return None
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, OSError):
+            async with self._client().get(shard.service.url + "/readyz") as resp:
+                return int((await resp.json(content_type=None))["version"])
+        return None
+
+    async def shard_versions(self, shards: Iterable[str]) -> Mapping[str, int]:
+        names = list(shards)
+        versions = await asyncio.gather(*(self._version(n) for n in names))
+        return {n: v for n, v in zip(names, versions, strict=True) if v is not None}
+
+    async def reconcile_pool(self, table: RoutingTable, warm_target: int) -> RoutingTable | None:
+        listed = {s.name for s in table.shards}
+        ready = [
+            self._starting.pop(n).result() for n, t in list(self._starting.items()) if t.done()
+        ]
+        added = [self._entry(s) for s in ready if s.name not in listed]
+        idle = list(PoolState.from_table(table).idle)
+        missing = warm_target - len(idle) - len(added) - len(self._starting)
+        for _ in range(max(0, missing)):
+            name = self._next_name("overflow")
+            self._starting[name] = asyncio.create_task(
+                asyncio.to_thread(self.start_shard, "overflow", name)
+            )
+        surplus = len(idle) + len(added) - warm_target
+        removed: set[str] = set()
+        if surplus > 0 and not added:
+            # NB: highest ordinals go first, so the pool keeps a stable set of low names.
+            removed = set(sorted(idle, key=_ordinal_of, reverse=True)[:surplus])
+        if not added and not removed:
+            return None
+        data = table.model_dump()
+        data["version"] = table.version + 1
+        data["shards"] = [s for s in data["shards"] if s["name"] not in removed]
+        data["shards"] += [s.model_dump() for s in added]
+        return RoutingTable.model_validate(data)
+
+    async def released(self, table: RoutingTable) -> PoolChange:
+        listed = {s.name for s in table.shards}
+        gone = [n for n in self.shards if n not in listed and n not in self._starting]
+        for name in gone:
+            await asyncio.to_thread(self.stop_shard, name)
+        return PoolChange(stopped=tuple(gone))
+
+    async def aclose(self) -> None:
+        # NB: a start runs in a thread that cannot be cancelled; wait for it (bounded by the
+        # ready timeout) so that stop_all sees its process instead of leaving an orphan.
+        if self._starting:
+            await asyncio.gather(*self._starting.values(), return_exceptions=True)
+        self._starting.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _ordinal_of(name: str) -> int:
+    match = re.search(r"(\d+)$", name)
+    return int(match.group(1)) if match else 0

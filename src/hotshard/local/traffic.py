@@ -1,0 +1,199 @@
+"""Replaying a scenario's traffic with the load generator, and measuring it phase by phase.
+
+A scenario has two kinds of campaigns: the steady ones, sent at a constant rate with their real
+popularity, and the hot ones, whose combined rate follows the spike's trace. Each kind runs in
+its own ``hotshard_bidder.loadgen`` worker, in a child process so the generator's event loop
+does not share a core's time slices with the control loop. The generator keeps an HDR
+histogram per second of intended send time; this module merges those by phase (before, during,
+after the spike) so the report gets a true p99 per phase and per kind, not an average of p99s.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from hotshard.local.scenario import TrafficPlan
+from hotshard_bidder.loadgen import START_DELAY, LoadSpec, run_in_uvloop, run_worker
+from hotshard_bidder.loadreport import LoadReport, build_report, new_histogram
+from hotshard_bidder.profiles import parse_profile, send_times
+from hotshard_bidder.zipf import Popularity, to_header_key
+
+PHASES = ("before", "during", "after")
+
+
+class ScenarioLoadSpec(LoadSpec):
+    """A load spec whose campaign popularity is the scenario's, not Zipf or a built-in list."""
+
+    names: tuple[str, ...] = ()
+    shares: tuple[float, ...] = ()
+
+    def popularity(self) -> Popularity:
+        shares = np.array(self.shares, dtype=np.float64)
+        keys = tuple(to_header_key(n) for n in self.names)
+        return Popularity(keys, shares / shares.sum())
+
+
+@dataclass(frozen=True)
+class PhaseStats:
+    sent: int
+    errors: int
+    lost: int
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """What one kind of campaigns (``hot`` or ``other``) saw."""
+
+    report: LoadReport
+    phases: dict[str, PhaseStats]
+    started_at: float
+    """Wall-clock time of the first intended send."""
+
+
+def write_hot_trace(plan: TrafficPlan, path: Path) -> Path:
+    """The hot campaigns' rate as a ``t_seconds,rate`` CSV with a step per second."""
+    lines = ["t_seconds,rate"]
+    for second, rate in enumerate(plan.hot_rates):
+        # NB: two points per second make the loadgen's linear interpolation a staircase.
+        lines += [f"{second},{rate:.3f}", f"{second + 0.999},{rate:.3f}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def build_specs(plan: TrafficPlan, target: str, trace: Path, seed: int) -> dict[str, LoadSpec]:
+    """One spec for the steady campaigns and one for the hot ones."""
+    other = plan.other_weights()
+    hot = plan.hot_weights()
+    common: dict[str, Any] = {"target": target, "duration": plan.duration, "seed": seed}
+    return {
+        "other": ScenarioLoadSpec(
+            profile=f"constant:{plan.other_rate:.3f}",
+            names=tuple(other),
+            shares=tuple(other.values()),
+            hot=0,
+            **common,
+        ),
+        "hot": ScenarioLoadSpec(
+            profile=f"trace:{trace}",
+            names=tuple(hot),
+            shares=tuple(hot.values()),
+            hot=len(hot),
+            **{**common, "seed": seed + 7},
+        ),
+    }
+
+
+def summarise_phases(
+    seconds: dict[int, Any], phase_of: Any, *, hist: type[HdrHistogram] = HdrHistogram
+) -> dict[str, PhaseStats]:
+    """Merge per-second tallies into per-phase stats (p99 from merged histograms)."""
+    merged = {p: new_histogram(2) for p in PHASES}
+    counts = {p: [0, 0, 0] for p in PHASES}
+    for second, tally in seconds.items():
+        phase = phase_of(second + 0.5)
+        merged[phase].add(tally.latency)
+        bad = sum(n for code, n in tally.statuses.items() if code not in (200, 204))
+        lost = tally.lost_timeout + tally.lost_connection
+        counts[phase][0] += tally.sent
+        counts[phase][1] += bad + lost + tally.not_sent
+        counts[phase][2] += lost
+    return {
+        p: PhaseStats(
+            sent=counts[p][0],
+            errors=counts[p][1],
+            lost=counts[p][2],
+            p99_ms=round(merged[p].get_value_at_percentile(99) / 1000.0, 3)
+            if merged[p].get_total_count()
+            else 0.0,
+        )
+        for p in PHASES
+    }
+
+
+def _child_main(spec_json: str, spike: tuple[float, float], conn: Connection) -> None:
+    spec = ScenarioLoadSpec.model_validate_json(spec_json)
+    began: list[float] = []
+    # NB: the worker's first send is START_DELAY after it calls `ready`.
+    recorder = run_in_uvloop(
+        run_worker(spec, ready=lambda: began.append(time.time() + START_DELAY))
+    )
+    profile = parse_profile(spec.profile)
+    report = build_report(
+        recorder,
+        target=spec.target,
+        profile=profile.describe(),
+        duration=spec.duration,
+        workers=1,
+        planned=len(send_times(profile, spec.duration)),
+    )
+    start, end = spike
+
+    def phase_of(t: float) -> str:
+        return "before" if t < start else ("during" if t < end else "after")
+
+    phases = summarise_phases(recorder.seconds, phase_of)
+    payload = {
+        "report": report.model_dump(),
+        "phases": {k: v.__dict__ for k, v in phases.items()},
+        "started_at": began[0] if began else time.time(),
+    }
+    conn.send(payload)
+    conn.close()
+
+
+class TrafficRun:
+    """Both load generators of one run, each in a child process."""
+
+    def __init__(self, specs: dict[str, LoadSpec], plan: TrafficPlan) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._procs: dict[str, Any] = {}
+        self._pipes: dict[str, Connection] = {}
+        for name, spec in specs.items():
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
+                target=_child_main,
+                args=(spec.model_dump_json(), (plan.spike_start, plan.spike_end), send),
+                name=f"hotshard-load-{name}",
+            )
+            self._procs[name] = proc
+            self._pipes[name] = receive
+            self._senders = [*getattr(self, "_senders", []), send]
+
+    def start(self) -> None:
+        for proc in self._procs.values():
+            proc.start()
+        for send in self._senders:
+            send.close()
+
+    def done(self) -> bool:
+        return not any(p.is_alive() for p in self._procs.values())
+
+    def results(self, timeout: float) -> dict[str, GroupResult]:
+        out = {}
+        for name, pipe in self._pipes.items():
+            if not pipe.poll(timeout):
+                raise TimeoutError(f"the {name} load generator did not report in {timeout:.0f}s")
+            payload = pipe.recv()
+            out[name] = GroupResult(
+                report=LoadReport.model_validate(payload["report"]),
+                phases={k: PhaseStats(**v) for k, v in payload["phases"].items()},
+                started_at=float(payload["started_at"]),
+            )
+        for proc in self._procs.values():
+            proc.join(timeout=5)
+        return out
+
+    def stop(self) -> None:
+        for proc in self._procs.values():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=5)
