@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,14 +74,14 @@ class LocalFleet:
     history: list[ShardProcess] = field(default_factory=list)
     """Every shard process ever started, for shard-seconds."""
     _starting: dict[str, asyncio.Task[ShardProcess]] = field(default_factory=dict)
-    _ordinal: dict[str, int] = field(default_factory=lambda: {"base": 0, "overflow": 0})
+    _ordinal: dict[str, int] = field(
+        default_factory=lambda: {"base": 0, "overflow": 0, "sandbox": 0}
+    )
     _session: aiohttp.ClientSession | None = None
 
     # -- processes ------------------------------------------------------------------------
 
     def _next_name(self, tier: Tier) -> str:
-        if tier == "sandbox":
-            return f"sandbox-{sum(1 for s in self.history if s.tier == 'sandbox')}"
         n = self._ordinal[tier]
         self._ordinal[tier] = n + 1
         return f"{tier}-{n}"
@@ -129,15 +130,19 @@ class LocalFleet:
             self.stop_shard(name)
 
     def initial_shards(self) -> list[Shard]:
-        """Start the run's starting fleet; return the table entries for them."""
+        """Start the run's starting fleet, in parallel; return the table entries for them."""
         shape = self.shape
         counts: tuple[tuple[Tier, int], ...] = (
             ("base", shape.base),
             ("overflow", shape.warm),
             ("sandbox", shape.sandbox),
         )
-        tiers = [tier for tier, n in counts for _ in range(n)]
-        return [self._entry(self.start_shard(tier)) for tier in tiers]
+        named = [(tier, self._next_name(tier)) for tier, n in counts for _ in range(n)]
+        # NB: a bidder spends about a second importing before it is ready; starting them side by
+        # side makes the fleet ready in about that second instead of one per shard.
+        with ThreadPoolExecutor(max_workers=len(named)) as pool:
+            started = list(pool.map(lambda tn: self.start_shard(*tn), named))
+        return [self._entry(s) for s in started]
 
     @staticmethod
     def _entry(shard: ShardProcess) -> Shard:
