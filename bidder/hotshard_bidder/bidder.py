@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         )
     install_uvloop()
     # NB: *_created series double the exposition and nobody queries them.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     bidder = BidderApp(settings, watch)
 
     async def run() -> None:

@@ -24,6 +24,7 @@ from prometheus_client import disable_created_metrics
 from pydantic import ValidationError
 
 from hotshard.routing import RoutingSnapshot
+from hotshard_bidder.admission import RETRY_AFTER_S, Admission
 from hotshard_bidder.forwarding import Answer, Forwarder, error_answer
 from hotshard_bidder.router_metrics import RouterMetrics
 from hotshard_bidder.serving import (
@@ -60,6 +61,7 @@ class RouterApp:
         self.metrics.set_version(watch.holder.current.version)
         watch.holder.on_swap(self._on_swap)
         self.forwarder: Forwarder | None = None
+        self.admission = Admission(settings.max_inflight)
 
     def _partition_of(self, campaign: str) -> int:
         return self.watch.holder.current.partition(campaign)
@@ -115,11 +117,20 @@ class RouterApp:
     async def auction(self, request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
+        self.admission.enter()
         try:
-            answer, version = await self._route(request, arrived)
+            if self.admission.overloaded():
+                limit = self.admission.limit
+                retry = {"Retry-After": str(RETRY_AFTER_S)}
+                answer = error_answer(429, f"router has over {limit} requests in flight", **retry)
+                version = 0
+            else:
+                answer, version = await self._route(request, arrived)
         except Exception as exc:  # a bug of ours must still answer, never vanish
             log.exception("unexpected failure routing a request")
             answer, version = error_answer(502, f"router failure: {exc!r}"), 0
+        finally:
+            self.admission.leave()
         self.metrics.record(answer.outcome, answer.shard, loop.time() - arrived)
         answer.headers[VERSION_HEADER] = str(version or self.watch.holder.current.version)
         body = answer.body if answer.status != 204 else None
@@ -193,6 +204,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connections-per-shard", type=int, help="keep-alive pool size per shard (default 64)"
     )
+    parser.add_argument(
+        "--max-inflight", type=int, help="requests in progress beyond which 429 (default 256)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -204,6 +218,7 @@ def main(args: argparse.Namespace) -> int:
         "breaker_cooloff",
         "hot_k",
         "connections_per_shard",
+        "max_inflight",
     )
     try:
         settings = settings_from_args(RouterSettings, args, fields)
@@ -217,7 +232,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     install_uvloop()
     # NB: *_created series double the exposition and nobody queries them.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     router = RouterApp(settings, watch)
 
     async def run() -> None:

@@ -109,6 +109,13 @@ class RouterSettings(_KeySettings):
         le=1000,
         description="Campaigns kept by the heavy-hitter sketch.",
     )
+    max_inflight: int = Field(
+        # NB: 256 in flight at 2000 rps is over 100 ms of queue, the default deadline: past
+        # that, a request would only wait to time out, so it is refused (429) at once.
+        default=256,
+        ge=1,
+        description="Requests in progress beyond which new ones get 429.",
+    )
     connections_per_shard: int = Field(
         # NB: 64 matches a bidder's default max-inflight; more would only queue in the shard.
         default=64,
