@@ -26,12 +26,18 @@ MAX_TRIES_PER_SHARD = 32
 
 
 def rebalance(
-    ws: Workspace, rate: FloatArray, cpu: FloatArray, owner_idx: IntArray, names: list[str]
+    ws: Workspace,
+    rate: FloatArray,
+    cpu: FloatArray,
+    owner_idx: IntArray,
+    names: list[str],
+    sustained: set[str],
 ) -> None:
-    """Move the largest partitions off shards that are over target, where each one fits."""
+    """Move the largest partitions off shards over target for the whole sustain period
+    (``sustained``), where each one fits."""
     p_cfg = ws.planning
     target = p_cfg.target_utilisation
-    over = [n for n in reversed(ws.serving()) if ws.util(n) > target]
+    over = [n for n in reversed(ws.serving()) if n in sustained and ws.util(n) > target]
     units = np.maximum(rate / p_cfg.shard_capacity_rps, cpu / p_cfg.shard_capacity_cpu)
     for name in over:
         members = np.flatnonzero(owner_idx == names.index(name))

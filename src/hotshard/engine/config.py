@@ -152,6 +152,18 @@ class PredictionConfig(_Config):
         ge=0,
         description="A series whose spread is under 5% of its mean is flat: not forecast.",
     )
+    min_trend_t: float = Field(
+        default=3.0,
+        ge=0,
+        description="The window's rise must be three standard errors from flat before a "
+        "forecast counts: noise alone gets there about once in a thousand tries.",
+    )
+    rise_factor: float = Field(
+        default=1.5,
+        ge=1,
+        description="A forecast counts only once the rate is 1.5x its baseline: the rise has "
+        "begun, and +-40% noise extrapolated 30 s ahead does not move anything.",
+    )
     calendar: tuple[CalendarEvent, ...] = ()
     calendar_lead_seconds: float = Field(
         default=60.0,

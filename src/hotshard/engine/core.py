@@ -96,7 +96,7 @@ class Engine:
         window.write(now, self._partition_block(observation, table.partitions))
         self._write_shards(observation, now, names, owner_idx, window)
         detection = detector.update(detection_signals(window.latest()), now, dt)
-        campaigns = aggregate_campaigns(observation.campaigns)
+        campaigns = aggregate_campaigns(observation.campaigns, table.partitions)
         hot = find_hot_spots(detection, campaigns, detector, cfg.planning, now)
 
         rate = detection.values[D_RATE]
@@ -161,7 +161,7 @@ class Engine:
             else:
                 r, c = float(resident_rate[spot.partition]), float(resident_cpu[spot.partition])
             relieve(ws, spot, r, c)
-        rebalance(ws, resident_rate, resident_cpu, owner_idx, names)
+        rebalance(ws, resident_rate, resident_cpu, owner_idx, names, self._sustained_over(names))
         scaling_up = ws.changes > 0 or ws.claimed > 0
         if not scaling_up:
             hot_partitions = {s.partition for s in spots}
@@ -258,6 +258,15 @@ class Engine:
         buckets = int(np.ceil(self.config.detection.sustain_seconds))
         return self.shard_window.mean_recent(names, signal, buckets)
 
+    def _sustained_over(self, names: list[str]) -> set[str]:
+        """Shards over target in every bucket of the sustain period: one bucket is not enough."""
+        p = self.config.planning
+        buckets = int(np.ceil(self.config.detection.sustain_seconds))
+        rate = self.shard_window.min_recent(names, RATE, buckets) / p.shard_capacity_rps
+        cpu = self.shard_window.min_recent(names, CPU, buckets) / p.shard_capacity_cpu
+        over = np.maximum(rate, cpu) > p.target_utilisation
+        return {n for n, o in zip(names, over, strict=True) if o}
+
     def _shard_loads(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Shard rate and CPU over the sustain period, so one noisy bucket moves nothing."""
         return self._shard_signal(names, RATE), self._shard_signal(names, CPU)
@@ -305,8 +314,19 @@ class Engine:
             detector.baseline[D_CPU],
             cfg.planning,
         )
+        factor = np.maximum(
+            cfg.detection.min_hot_factor,
+            cfg.detection.hot_factor * (1 - cfg.detection.heat_discount * detector.heat(now)),
+        )
         spots += forecast_hot_spots(
-            forecasts, rate, cpu, owner_util, cfg.planning, cfg.prediction.horizon_seconds
+            forecasts,
+            rate,
+            cpu,
+            owner_util,
+            detector.baseline[D_RATE],
+            factor,
+            cfg.planning,
+            cfg.prediction,
         )
         return spots
 

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from hotshard.engine.config import DetectionConfig, PlanningConfig
 from hotshard.engine.model import CampaignLoad, HotSpot, Signal
 from hotshard.engine.windows import CPU, LATENCY, MEMORY, RATE, FloatArray
+from hotshard.routing import partition_of
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -62,6 +63,7 @@ class Detector:
         shape = (len(DETECTED), partitions)
         self.baseline = np.zeros(shape)
         self.seeded = np.zeros(partitions, dtype=bool)
+        self.count = np.zeros(partitions)
         self.streak = np.zeros(shape)
         self.last_hot = np.full(partitions, -np.inf)
         self.campaign_last_hot: dict[str, float] = {}
@@ -98,8 +100,11 @@ class Detector:
             values=v, baseline=self.baseline.copy(), hot=hot, factor=factor, observed=observed
         )
         # Learn: a normal step moves the baseline by alpha, an over-the-bar step by far less.
-        alpha = 1.0 - 0.5 ** (dt / c.baseline_half_life_seconds)
+        # NB: until a partition has seen as many buckets as the EWMA's memory, the baseline is
+        # the running mean of what it saw: a noisy first bucket is not the baseline for minutes.
+        alpha = np.maximum(1.0 - 0.5 ** (dt / c.baseline_half_life_seconds), 1.0 / (self.count + 1))
         rate = np.where(over, alpha * c.hot_baseline_slowdown, alpha) * (present & judged)
+        self.count += observed
         self.baseline += rate * (v - self.baseline)
         fresh = observed & ~self.seeded
         self.baseline[:, fresh] = v[:, fresh]
@@ -116,10 +121,18 @@ class Detector:
             self.campaign_last_hot = dict(keep)
 
 
-def aggregate_campaigns(reports: Iterable[CampaignLoad]) -> dict[tuple[int, str], CampaignLoad]:
-    """Merge top-k reports: routers see the rate, bidders the CPU; keep the larger of each."""
+def aggregate_campaigns(
+    reports: Iterable[CampaignLoad], partitions: int
+) -> dict[tuple[int, str], CampaignLoad]:
+    """Merge top-k reports: routers see the rate, bidders the CPU; keep the larger of each.
+
+    A report whose campaign does not hash to its partition is dropped: routing it would be
+    impossible, and it means the reporter uses another partition count.
+    """
     merged: dict[tuple[int, str], CampaignLoad] = {}
     for r in reports:
+        if partition_of(r.campaign, partitions) != r.partition:
+            continue
         key = (r.partition, r.campaign)
         old = merged.get(key)
         if old is None:

@@ -3,7 +3,7 @@
 Forecasting every partition every second would cost more than the rest of the engine, so the
 forecast is a funnel. A vectorised linear projection over all partitions picks the few whose rate
 is rising fastest (and the repeat offenders from the heat map); only those get Holt's linear
-trend method. Smoothing parameters are fitted by statsmodels at most ``max_fits_per_step`` times a
+trend method, and only while a least-squares line through the window rises significantly. Smoothing parameters are fitted by statsmodels at most ``max_fits_per_step`` times a
 step and reused for ``refit_seconds``; between fits, and for flat series, the engine runs Holt's
 recursion itself with the cached (or default) parameters, which costs microseconds.
 
@@ -66,6 +66,22 @@ def forecast_holt(series: FloatArray, params: HoltParams | None, steps: float) -
     return max(0.0, level + steps * trend)
 
 
+def project_trend(series: FloatArray, steps: float, min_t: float) -> float | None:
+    """The least-squares line's value ``steps`` ahead, or ``None`` unless its slope is rising
+    with a t-statistic of at least ``min_t`` (noise has a t-statistic near zero)."""
+    n = series.size
+    x = np.arange(n, dtype=np.float64)
+    xc = x - x.mean()
+    sxx = float(xc @ xc)
+    slope = float(xc @ (series - series.mean())) / sxx
+    intercept = float(series.mean()) - slope * float(x.mean())
+    residuals = series - (intercept + slope * x)
+    spread = float(np.sqrt((residuals @ residuals) / max(n - 2, 1) / sxx))
+    if slope <= 0 or slope < min_t * spread:
+        return None
+    return intercept + slope * (n - 1 + steps)
+
+
 def fit_holt(series: FloatArray, now: float) -> HoltParams:
     """Fit Holt's smoothing parameters with statsmodels (slow: milliseconds)."""
     from statsmodels.tsa.holtwinters import Holt
@@ -119,6 +135,9 @@ class Forecaster:
             mean = float(series.mean())
             if mean <= 0 or float(series.std()) <= c.flat_cv * mean:
                 continue
+            linear = project_trend(series, c.horizon_seconds, c.min_trend_t)
+            if linear is None:
+                continue
             params = self.params.get(p)
             stale = params is None or now - params.fitted_at >= c.refit_seconds
             if stale and fits < c.max_fits_per_step:
@@ -127,7 +146,8 @@ class Forecaster:
                 spent += _clock.perf_counter() - started
                 self.params[p] = params
                 fits += 1
-            out[p] = forecast_holt(series, params, c.horizon_seconds)
+            # The smaller of the two: Holt reacts fast, the line needs the whole window to agree.
+            out[p] = min(forecast_holt(series, params, c.horizon_seconds), linear)
         # Forget parameters of partitions that stopped rising long ago: bounded memory.
         for p in [p for p, v in self.params.items() if now - v.fitted_at > 10 * c.refit_seconds]:
             del self.params[p]
@@ -140,15 +160,22 @@ def forecast_hot_spots(
     rate: FloatArray,
     cpu: FloatArray,
     owner_util: Mapping[int, float],
+    baseline: FloatArray,
+    factor: FloatArray,
     planning: PlanningConfig,
-    horizon: float,
+    config: PredictionConfig,
 ) -> list[HotSpot]:
-    """A forecast is hot when it would push its owner over target before the rate does."""
+    """A forecast is hot when the rise has begun (``rise_factor`` over baseline), the forecast
+    itself clears the detection bar, and it would push the owner over target before the rate
+    does. The first two gates keep extrapolated noise from moving anything."""
     spots = []
     target = planning.target_utilisation
+    horizon = config.horizon_seconds
     for p, predicted in sorted(forecasts.items()):
         now_rate = float(rate[p])
         if predicted <= now_rate or now_rate <= 0:
+            continue
+        if now_rate < config.rise_factor * baseline[p] or predicted < factor[p] * baseline[p]:
             continue
         now_load = shard_units(now_rate, float(cpu[p]), planning)
         later = now_load * predicted / now_rate  # CPU is assumed to scale with the rate.

@@ -83,6 +83,14 @@ class Window:
         means: FloatArray = np.divide(sums, counts, out=np.zeros(self.rows), where=counts > 0)
         return means
 
+    def min_recent(self, signal: int, buckets: int) -> FloatArray:
+        """Least of the last ``buckets`` buckets of one signal per row; a gap counts as 0."""
+        buckets = max(1, min(buckets, self._buckets))
+        idx = [(self._head - i) % self._buckets for i in range(buckets)]
+        block = np.nan_to_num(self._data[idx, signal, :].astype(np.float64), nan=0.0)
+        least: FloatArray = block.min(axis=0)
+        return least
+
     def series(self, signal: int, row: int) -> FloatArray:
         """One row's signal, oldest bucket first, gaps dropped."""
         order = [(self._head + 1 + i) % self._buckets for i in range(self._buckets)]
@@ -121,5 +129,11 @@ class ShardWindows:
 
     def mean_recent(self, names: list[str], signal: int, buckets: int) -> FloatArray:
         """Per name, the mean of the last ``buckets`` of one signal (0 for unknown names)."""
-        means = self._window.mean_recent(signal, buckets)
-        return np.array([means[self._rows[n]] if n in self._rows else 0.0 for n in names])
+        return self._pick(names, self._window.mean_recent(signal, buckets))
+
+    def min_recent(self, names: list[str], signal: int, buckets: int) -> FloatArray:
+        """Per name, the least of the last ``buckets`` of one signal (0 for unknown names)."""
+        return self._pick(names, self._window.min_recent(signal, buckets))
+
+    def _pick(self, names: list[str], values: FloatArray) -> FloatArray:
+        return np.array([values[self._rows[n]] if n in self._rows else 0.0 for n in names])
