@@ -1,4 +1,4 @@
-"""Detection: the bar, the sustain rule, the baseline, resource and key-level hot spots, fail static."""
+"""Detection: the bar, sustain, the baseline, resource and key-level hot spots, fail static."""
 
 from __future__ import annotations
 

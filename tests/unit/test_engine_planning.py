@@ -249,7 +249,8 @@ def test_plan_owns_every_partition_and_leaves_no_shard_over_target(
     drv.step(loads(rates))
     owners = drv.table.owners()
     names = {s.name for s in drv.table.shards}
-    assert len(owners) == V and all(o in names for o in owners)
+    assert len(owners) == V
+    assert all(o in names for o in owners)
     after = model_shard_loads(drv.table, loads(rates))
     assert max(s.rate / 2000 for s in after.values()) <= target + 1e-9
 

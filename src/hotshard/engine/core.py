@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import numpy.typing as npt
 
 from hotshard.engine.capacity import IntArray, rebalance, scale_down, tend_pool
 from hotshard.engine.config import EngineConfig
@@ -141,7 +140,6 @@ class Engine:
             spots += self._predict(
                 window,
                 detector,
-                np.asarray(detection.hot.any(axis=0), dtype=bool),
                 rate,
                 cpu,
                 ws,
@@ -149,18 +147,20 @@ class Engine:
                 table.partitions,
                 now,
             )
+        # One change per partition per round; a spot that needed no change (the shard had
+        # room) lets a later spot of the same partition, such as its forecast, have a say.
         acted: set[int] = set()
         for spot in spots:
             if spot.partition in acted:
                 continue
-            acted.add(spot.partition)
             if spot.campaign is not None:
                 seen = campaigns.get((spot.partition, spot.campaign))
                 r = seen.rate if seen else float(detector.baseline[D_RATE, spot.partition])
                 c = seen.cpu if seen else float(detector.baseline[D_CPU, spot.partition])
             else:
                 r, c = float(resident_rate[spot.partition]), float(resident_cpu[spot.partition])
-            relieve(ws, spot, r, c)
+            if relieve(ws, spot, r, c):
+                acted.add(spot.partition)
         rebalance(ws, resident_rate, resident_cpu, owner_idx, names, self._sustained_over(names))
         scaling_up = ws.changes > 0 or ws.claimed > 0
         if not scaling_up:
@@ -291,7 +291,6 @@ class Engine:
         self,
         window: Window,
         detector: Detector,
-        hot: npt.NDArray[np.bool_],
         rate: np.ndarray,
         cpu: np.ndarray,
         ws: Workspace,
@@ -302,7 +301,7 @@ class Engine:
         """Calendar events first (they are certain), then forecasts of the fastest risers."""
         cfg = self.config
         fc = self.forecaster
-        candidates = fc.select(window, rate, hot, detector.heat(now))
+        candidates = fc.select(window, rate, detector.heat(now))
         forecasts = fc.forecast(window, candidates, now)
         owner_util = {p: ws.util(ws.owners[p]) for p in forecasts}
         spots = calendar_hot_spots(

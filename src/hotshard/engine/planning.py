@@ -222,20 +222,23 @@ def load_of(
     return rate * scale, cpu * scale
 
 
-def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float) -> None:
-    """Act on one hot spot: quarantine, pin, move or split it; or say why not."""
+def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float) -> bool:
+    """Act on one hot spot: quarantine, pin, move or split it; or say why not.
+
+    Returns whether the spot is dealt with this round (changed, or blocked by settle or churn).
+    """
     p, campaign = spot.partition, spot.campaign
     where = f"partition {p}" + (f" campaign {campaign!r}" if campaign else "")
     current = ws.route(p, campaign)
     if ws.settling(p, campaign):
         ws.notes.append(f"{where} moved less than {ws.planning.settle_seconds:g} s ago: settling")
-        return
+        return True
     if not ws.can_change():
         ws.notes.append(f"{where} waits: the churn limit of {ws.planning.churn_limit} is reached")
-        return
+        return True
     if spot.signal == "cpu_per_request" and campaign is not None:
         quarantine(ws, spot, current, rate, cpu)
-        return
+        return True
     plan_rate, plan_cpu = load_of(spot, rate, cpu, ws.planning)
     cap = ws.planning
     units = max(plan_rate / cap.shard_capacity_rps, plan_cpu / cap.shard_capacity_cpu)
@@ -248,11 +251,11 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float) -> None:
             f"{where} is hot but {', '.join(current)} stays at {worst:.0%}, under the "
             f"{cap.target_utilisation:.0%} target: no move needed"
         )
-        return
+        return False
     split = (p, campaign) in ws.splits
     if split and len(current) >= k:
         ws.notes.append(f"{where} is already split {len(current)} ways, enough for its load")
-        return
+        return False
     kind: ActionKind = "split"
     if k == 1 and not split:
         kind = "migrate"
@@ -265,7 +268,7 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float) -> None:
             f"{where} needs {k} shard(s) of {units:.0%} / {k} each and none can take it "
             "without going over target; waiting for the warm pool"
         )
-        return
+        return False
     ws.shift(current, targets, rate, cpu)
     shards = tuple(targets)
     if campaign is None and kind == "migrate":
@@ -277,6 +280,7 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float) -> None:
     ws.record(
         Action(kind, reason, p, campaign, current, shards, handover_cost(ws.cost, len(shards)))
     )
+    return True
 
 
 def quarantine(

@@ -3,8 +3,9 @@
 Forecasting every partition every second would cost more than the rest of the engine, so the
 forecast is a funnel. A vectorised linear projection over all partitions picks the few whose rate
 is rising fastest (and the repeat offenders from the heat map); only those get Holt's linear
-trend method, and only while a least-squares line through the window rises significantly. Smoothing parameters are fitted by statsmodels at most ``max_fits_per_step`` times a
-step and reused for ``refit_seconds``; between fits, and for flat series, the engine runs Holt's
+trend method, and only while a least-squares line through the window rises significantly.
+Smoothing parameters are fitted by statsmodels at most ``max_fits_per_step`` times a step and
+reused for ``refit_seconds``; between fits, and for flat series, the engine runs Holt's
 recursion itself with the cached (or default) parameters, which costs microseconds.
 
 A forecast becomes a hot spot when it would push the owning shard over its target utilisation
@@ -20,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from hotshard.engine.config import PlanningConfig, PredictionConfig
 from hotshard.engine.detection import shard_units
@@ -103,10 +103,8 @@ class Forecaster:
         self.params: dict[int, HoltParams] = {}
         self.last = ForecastStats(0, 0, 0, 0.0)
 
-    def select(
-        self, window: Window, rate: FloatArray, hot: npt.NDArray[np.bool_], heat: FloatArray
-    ) -> list[int]:
-        """The partitions worth a forecast: rising fastest by a linear projection, not yet hot."""
+    def select(self, window: Window, rate: FloatArray, heat: FloatArray) -> list[int]:
+        """The partitions worth a forecast: rising fastest by a linear projection."""
         n = self.config.candidates
         if n == 0:
             return []
@@ -116,7 +114,8 @@ class Forecaster:
         past = np.nan_to_num(window.ago(lag)[RATE].astype(np.float64))
         projected = rate + (rate - past) / lag * self.config.horizon_seconds
         # Repeat offenders rank as if they rose faster: the heat map lowers their bar here too.
-        rank = np.where(hot, -np.inf, projected * (1 + heat) - rate)
+        # Partitions already hot stay in: a ramp is hot long before it fills its shard.
+        rank = projected * (1 + heat) - rate
         rank[~(projected > rate)] = -np.inf
         top = np.argpartition(-rank, n)[:n] if n < rank.size else np.arange(rank.size)
         top = top[np.isfinite(rank[top])]
