@@ -5,7 +5,8 @@ was picked by measuring candidates side by side in one run on loopback, not by r
 
 * JSON: parse + dump of every corpus request with ``json``, ``orjson`` and ``msgspec``.
 * Server: a handler that parses a real OpenRTB body and answers a small JSON bid, on aiohttp,
-  uvicorn (uvloop + httptools, raw ASGI) and granian (ASGI), loaded by ``wrk`` for a few seconds.
+  uvicorn (uvloop + httptools, raw ASGI) and granian (ASGI): peak rate under ``wrk`` (closed
+  loop) for a few seconds, then p50/p99 at a fixed 2,000 rps from ``hotshard loadgen`` (open loop).
 * Client: forwarding the corpus to an aiohttp server with aiohttp's client and httpx, measuring
   the client's CPU per request (the router's cost of forwarding).
 
@@ -33,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 WRK_SECONDS = 4  # long enough for a stable rate, short enough for a shared 2-core box
 WRK_CONNECTIONS = 32  # about the router's per-shard pool (64) shared by two shards
+OPEN_LOOP_RPS = 2000  # the router's goal rate
+OPEN_LOOP_SECONDS = 5
 CLIENT_REQUESTS = 4000  # a second of router traffic at the 4k rps target
 CLIENT_CONCURRENCY = 16
 JSON_ROUNDS = 200  # x 58 bodies: ~12k parse+dump pairs per library, well under a second each
@@ -141,6 +144,20 @@ def parse_wrk(text: str) -> dict[str, float]:
     return {"rps": round(rate), "p50_ms": ms(pct["50"]), "p99_ms": ms(pct["99"])}
 
 
+def open_loop(url: str, out: Path) -> dict[str, float]:
+    """p50/p99 at a fixed open-loop rate, with hotshard's own load generator (main venv)."""
+    hotshard = ROOT / ".venv" / "bin" / "hotshard"
+    command = [str(hotshard), "loadgen", "--target", url, "--profile", f"constant:{OPEN_LOOP_RPS}"]
+    command += ["--duration", str(OPEN_LOOP_SECONDS), "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, timeout=OPEN_LOOP_SECONDS + 60)
+    report = json.loads(out.read_text())
+    return {
+        f"open_loop_{OPEN_LOOP_RPS}_p50_ms": report["latency_ms"]["p50"],
+        f"open_loop_{OPEN_LOOP_RPS}_p99_ms": report["latency_ms"]["p99"],
+        f"open_loop_{OPEN_LOOP_RPS}_errors": report["errors"],
+    }
+
+
 def measure_servers(body: bytes, workdir: Path) -> list[dict[str, Any]]:
     (workdir / "body.json").write_bytes(body)
     lua = workdir / "post.lua"
@@ -175,7 +192,9 @@ def measure_servers(body: bytes, workdir: Path) -> list[dict[str, Any]]:
                 check=True,
                 timeout=WRK_SECONDS + 30,
             ).stdout
-            rows.append({"server": name, **parse_wrk(out)})
+            rows.append(
+                {"server": name, **parse_wrk(out), **open_loop(url, workdir / f"{name}.json")}
+            )
         finally:
             proc.terminate()
             proc.wait(timeout=10)
