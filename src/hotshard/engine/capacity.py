@@ -73,8 +73,9 @@ def scale_down(
     cpu: FloatArray,
     campaigns: dict[tuple[int, str], CampaignLoad],
     home: list[str],
+    moved: list[int],
 ) -> None:
-    """Merge calm splits and send calm moved partitions home, after the cooldown."""
+    """Merge calm splits and send calm ``moved`` partitions home, after the cooldown."""
     cfg = ws.planning
     memory = ws.memory
     entries: list[tuple[RouteKey, tuple[str, ...], float, float]] = []
@@ -85,11 +86,6 @@ def scale_down(
             seen = campaigns.get((p, c))
             load = (seen.rate, seen.cpu) if seen else (0.0, 0.0)
             entries.append(((p, c), shards, *load))
-    moved = [
-        p
-        for p, (owner, h) in enumerate(zip(ws.owners, home, strict=True))
-        if owner != h and h in ws.order and (p, None) not in ws.splits
-    ]
     for p in moved:
         entries.append(((p, None), (ws.owners[p],), float(rate[p]), float(cpu[p])))
     present: set[RouteKey] = set()
