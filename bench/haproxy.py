@@ -62,8 +62,8 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def start_haproxy(workdir: Path, shard_ports: Sequence[int]) -> Iterator[int]:
-    """Run HAProxy in front of ``shard_ports``; yields the port it listens on."""
+def start_haproxy(workdir: Path, shard_ports: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Run HAProxy in front of ``shard_ports``; yields the port it listens on and its pid."""
     binary = find_haproxy()
     port = free_port()
     config = workdir / "haproxy.cfg"
@@ -80,7 +80,7 @@ def start_haproxy(workdir: Path, shard_ports: Sequence[int]) -> Iterator[int]:
         )
     try:
         wait_for_port(port, proc, log)
-        yield port
+        yield port, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
