@@ -135,3 +135,5 @@ def test_each_decision_carries_its_cost() -> None:
     assert decision.cost.idle_warm_cost_per_hour == pytest.approx(0.2)
     assert decision.cost.violation_shards == 0
     assert decision.cost.action_cost == pytest.approx(0.002)
+    assert decision.cost.shard_seconds == pytest.approx(7 * 7)  # 7 shards for 7 one-second steps
+    assert decision.cost.violation_seconds == 0.0

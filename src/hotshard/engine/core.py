@@ -22,15 +22,12 @@ from hotshard.engine.detection import (
     D_RATE,
     Detector,
     aggregate_campaigns,
-    compound_score,
     detection_signals,
     find_hot_spots,
 )
 from hotshard.engine.model import (
     CampaignLoad,
-    CostSummary,
     Decision,
-    HealthState,
     HotSpot,
     Observation,
     PoolState,
@@ -38,6 +35,7 @@ from hotshard.engine.model import (
 )
 from hotshard.engine.planning import PlanMemory, Workspace, relieve
 from hotshard.engine.prediction import Forecaster, calendar_hot_spots, forecast_hot_spots
+from hotshard.engine.reporting import assess_health, explain, hold
 from hotshard.engine.windows import CPU, LATENCY, MEMORY, QUEUE, RATE, SIGNALS, ShardWindows, Window
 from hotshard.routing import RoutingTable
 
@@ -59,6 +57,8 @@ class Engine:
         self._last_time: float | None = None
         self._owner_cache: tuple[int, int, list[str], IntArray] | None = None
         self._home_cache: tuple[tuple[int, int], IntArray] | None = None
+        self._shard_seconds = 0.0
+        self._violation_seconds = 0.0
 
     # -- public ---------------------------------------------------------------------------
 
@@ -68,7 +68,7 @@ class Engine:
         now = observation.time
         warm_target = self.warm_pool_target(pool)
         if observation.age_seconds > cfg.detection.stale_after_seconds:
-            return self._hold(
+            return self._hold_for(
                 f"metrics are {observation.age_seconds:.0f} s stale (limit "
                 f"{cfg.detection.stale_after_seconds:g} s): holding the current table",
                 table,
@@ -76,11 +76,11 @@ class Engine:
                 warm_target,
             )
         if not observation.partitions and not observation.shards:
-            return self._hold(
+            return self._hold_for(
                 "no metrics arrived: holding the current table", table, pool, warm_target
             )
         if self._last_time is not None and now <= self._last_time:
-            return self._hold(
+            return self._hold_for(
                 f"observation at t={now:g} is not newer than t={self._last_time:g}: holding",
                 table,
                 pool,
@@ -104,12 +104,23 @@ class Engine:
         rate = detection.values[D_RATE]
         cpu = detection.values[D_CPU]
         shard_rate, shard_cpu = self._shard_loads(names)
-        health = self._health(
-            observation, table, pool, names, owner_idx, hot, shard_rate, shard_cpu
+        reported = set(observation.shards) if observation.shards else set(names)
+        health = assess_health(
+            cfg,
+            table,
+            pool,
+            reported,
+            owner_idx,
+            hot,
+            (
+                shard_rate,
+                shard_cpu,
+                *(self._shard_signal(names, s) for s in (MEMORY, LATENCY, QUEUE)),
+            ),
         )
         missing = [n for n in names if health[n].state == "missing" and n not in pool.idle]
         if missing:
-            return self._hold(
+            return self._hold_for(
                 f"no metrics for shard(s) {', '.join(missing[:5])}: holding the current table",
                 table,
                 pool,
@@ -118,7 +129,7 @@ class Engine:
                 health,
             )
         if table.migrations:
-            return self._hold(
+            return self._hold_for(
                 f"a hand-over of {len(table.migrations)} route(s) is in progress: holding",
                 table,
                 pool,
@@ -179,13 +190,25 @@ class Engine:
         latency = {
             n: float(v) for n, v in zip(names, self._shard_signal(names, LATENCY), strict=True)
         }
-        cost = summarise_cost(cfg.cost, health, latency, len(ws.idle), ws.actions)
+        self._shard_seconds += len(table.shards) * dt
+        self._violation_seconds += dt * sum(
+            v > cfg.cost.latency_budget_seconds for v in latency.values()
+        )
+        cost = summarise_cost(
+            cfg.cost,
+            health,
+            latency,
+            len(ws.idle),
+            ws.actions,
+            shard_seconds=self._shard_seconds,
+            violation_seconds=self._violation_seconds,
+        )
         return Decision(
             table=new_table,
             actions=tuple(ws.actions),
             hot=tuple(spots),
             health=health,
-            reason=self._explain(ws, spots, new_table, table),
+            reason=explain(ws.actions, ws.notes, spots, new_table),
             cost=cost,
             warm_pool_target=warm_target,
             notes=tuple(ws.notes),
@@ -350,59 +373,7 @@ class Engine:
         )
         return spots
 
-    def _health(
-        self,
-        observation: Observation,
-        table: RoutingTable,
-        pool: PoolState,
-        names: list[str],
-        owner_idx: IntArray,
-        hot: list[HotSpot],
-        shard_rate: np.ndarray,
-        shard_cpu: np.ndarray,
-    ) -> dict[str, ShardHealth]:
-        """Per shard: a compound score, the planner's utilisation and a state in words."""
-        cfg = self.config
-        reported = set(observation.shards) if observation.shards else set(names)
-        mem = self._shard_signal(names, MEMORY)
-        lat = self._shard_signal(names, LATENCY)
-        queue = self._shard_signal(names, QUEUE)
-        scores = compound_score(
-            shard_rate,
-            shard_cpu,
-            mem,
-            lat,
-            cfg.detection,
-            cfg.planning,
-            cfg.cost.latency_budget_seconds,
-        )
-        hot_owners = {names[owner_idx[s.partition]] for s in hot}
-        target = cfg.planning.target_utilisation
-        out: dict[str, ShardHealth] = {}
-        for i, shard in enumerate(table.shards):
-            name = shard.name
-            util = max(
-                shard_rate[i] / cfg.planning.shard_capacity_rps,
-                shard_cpu[i] / cfg.planning.shard_capacity_cpu,
-            )
-            facts = f"{util:.0%} used, {lat[i] * 1000:.0f} ms latency, {queue[i]:.0f} queued"
-            state: HealthState
-            if name not in reported:
-                state, why = "missing", "no metrics reported"
-            elif name in pool.idle:
-                state, why = "idle", f"warm and idle ({facts})"
-            elif util > target:
-                state, why = "over", f"over the {target:.0%} target: {facts}"
-            elif name in hot_owners:
-                state, why = "hot", f"owns a hot partition: {facts}"
-            else:
-                state, why = "ok", facts
-            out[name] = ShardHealth(name, shard.tier, state, float(scores[i]), float(util), why)
-        return out
-
-    # -- words ----------------------------------------------------------------------------
-
-    def _hold(
+    def _hold_for(
         self,
         reason: str,
         table: RoutingTable,
@@ -411,35 +382,14 @@ class Engine:
         hot: list[HotSpot] | None = None,
         health: Mapping[str, ShardHealth] | None = None,
     ) -> Decision:
-        """A decision that changes nothing, with the reason why."""
-        price = self.config.cost.shard_hour_cost
-        cost = CostSummary(
-            shards=len(table.shards),
-            shard_cost_per_hour=len(table.shards) * price,
-            idle_warm_shards=len(pool.idle),
-            idle_warm_cost_per_hour=len(pool.idle) * price,
-            violation_shards=0,
-            violation_cost_per_hour=0.0,
-            action_cost=0.0,
-        )
-        return Decision(None, (), tuple(hot or ()), dict(health or {}), reason, cost, warm_target)
-
-    @staticmethod
-    def _explain(
-        ws: Workspace, spots: list[HotSpot], new: RoutingTable | None, old: RoutingTable
-    ) -> str:
-        """One sentence: what was decided and why, or why nothing was."""
-        if ws.actions:
-            first = ws.actions[0].reason
-            more = len(ws.actions) - 1
-            tail = f" (and {more} more action{'s' if more > 1 else ''})" if more else ""
-            version = f"; table v{new.version}" if new is not None else ""
-            return f"{first[0].upper()}{first[1:]}{tail}{version}"
-        if spots:
-            n = len(spots)
-            why = ws.notes[0] if ws.notes else spots[0].reason
-            return f"{n} hot spot{'s' if n > 1 else ''}, no change: {why}"
-        return (
-            f"nothing is hot and all {len(old.shards)} shards are within target: "
-            "holding the current table"
+        return hold(
+            reason,
+            table,
+            pool,
+            warm_target,
+            self.config.cost,
+            hot or [],
+            health or {},
+            shard_seconds=self._shard_seconds,
+            violation_seconds=self._violation_seconds,
         )

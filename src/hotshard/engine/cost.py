@@ -86,6 +86,9 @@ def summarise_cost(
     latency: Mapping[str, float],
     idle_warm: int,
     actions: Iterable[Action],
+    *,
+    shard_seconds: float = 0.0,
+    violation_seconds: float = 0.0,
 ) -> CostSummary:
     """The fleet's run rate and this decision's price."""
     shards = len(health)
@@ -98,4 +101,6 @@ def summarise_cost(
         violation_shards=violating,
         violation_cost_per_hour=violating * cost.violation_cost * 3600.0,
         action_cost=math.fsum(a.cost for a in actions),
+        shard_seconds=shard_seconds,
+        violation_seconds=violation_seconds,
     )

@@ -165,6 +165,10 @@ class CostSummary:
     """What those violations cost if they lasted an hour."""
     action_cost: float
     """The sum of this decision's actions' costs."""
+    shard_seconds: float = 0.0
+    """Shard-seconds used since the engine started (shards in the table x seconds)."""
+    violation_seconds: float = 0.0
+    """Shard-seconds over the latency budget since the engine started."""
 
     @property
     def total_per_hour(self) -> float:
