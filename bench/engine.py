@@ -37,6 +37,7 @@ from hotshard.engine import (
 from hotshard.engine.fleet import model_shard_loads
 from hotshard.engine.prediction import fit_holt
 from hotshard.routing import RoutingTable, Shard, partition_of
+from hotshard.routing.table import Tier
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -50,9 +51,9 @@ def build_fleet(partitions: int, shards: int) -> RoutingTable:
     """90% base, 8% overflow (warm pool), 2% sandbox."""
     overflow, sandbox = max(1, shards * 8 // 100), max(1, shards // 50)
     base = shards - overflow - sandbox
-    tiers = [("base", base), ("overflow", overflow), ("sandbox", sandbox)]
+    tiers: list[tuple[Tier, int]] = [("base", base), ("overflow", overflow), ("sandbox", sandbox)]
     made = [
-        Shard(name=f"{tier}-{i}", tier=tier, url=f"http://127.0.0.1:{10000 + n}")  # type: ignore[arg-type]
+        Shard(name=f"{tier}-{i}", tier=tier, url=f"http://127.0.0.1:{10000 + n}")
         for n, (tier, i) in enumerate((t, i) for t, count in tiers for i in range(count))
     ]
     return RoutingTable.even(made, partitions=partitions)

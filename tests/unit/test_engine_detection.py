@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
 from hotshard.engine import (
     CampaignLoad,
+    Decision,
     DetectionConfig,
     Engine,
     EngineConfig,
@@ -51,7 +54,13 @@ def quiet_engine(**detection: float) -> Engine:
     return Engine(config)
 
 
-def run(engine: Engine, table: RoutingTable, t: float, loads, campaigns=()):  # type: ignore[no-untyped-def]
+def run(
+    engine: Engine,
+    table: RoutingTable,
+    t: float,
+    loads: dict[int, PartitionLoad],
+    campaigns: Sequence[CampaignLoad] = (),
+) -> Decision:
     obs = model_observation(t, table, loads, campaigns)
     return engine.step(obs, table, PoolState.from_table(table))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from hypothesis import Phase, given, settings
@@ -64,7 +65,12 @@ class Driver:
         self.engine, self.table, self.t = eng, table, 0.0
         self.decisions: list[Decision] = []
 
-    def step(self, parts: dict[int, PartitionLoad], campaigns=(), dt: float = 1.0) -> Decision:  # type: ignore[no-untyped-def]
+    def step(
+        self,
+        parts: dict[int, PartitionLoad],
+        campaigns: Sequence[CampaignLoad] = (),
+        dt: float = 1.0,
+    ) -> Decision:
         obs = model_observation(self.t, self.table, parts, campaigns)
         decision = self.engine.step(obs, self.table, PoolState.from_table(self.table))
         if decision.table is not None:
@@ -216,7 +222,7 @@ def test_scale_down_waits_for_the_cooldown_then_merges_and_releases_highest_ordi
     assert merged_at is not None
     # The campaign is calm from the first quiet second; the merge waits the 120 s cooldown.
     assert 120 <= merged_at - calm_from <= 122
-    assert drv.table.splits == ()
+    assert list(drv.table.splits) == []
     released: list[str] = []
     for _ in range(300):
         d = drv.step(loads(10.0))

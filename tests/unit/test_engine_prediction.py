@@ -44,7 +44,7 @@ def test_holt_and_the_line_agree_on_a_clean_ramp() -> None:
     assert project_trend(noise, 30, 3.0) is None
 
 
-def test_a_ramp_is_split_before_its_shard_crosses_target() -> None:
+def test_a_ramp_is_moved_before_its_shard_crosses_target() -> None:
     engine = Engine(EngineConfig())
     table = fleet()
     rates = [10.0] * V

@@ -106,7 +106,9 @@ class DetectionConfig(_Config):
         lt=1,
         description="A fully heated key is hot at 60% of the usual factor (3x -> 1.8x).",
     )
-    weights: SignalWeights = SignalWeights()
+    weights: SignalWeights = Field(
+        default=SignalWeights(), description="Weights of the compound health score."
+    )
 
 
 class CalendarEvent(_Config):
@@ -128,7 +130,9 @@ class CalendarEvent(_Config):
 class PredictionConfig(_Config):
     """The short-term forecast and the calendar."""
 
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True, description="Forecast and calendar on; off, the engine only reacts."
+    )
     horizon_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -164,7 +168,9 @@ class PredictionConfig(_Config):
         description="A forecast counts only once the rate is 1.5x its baseline: the rise has "
         "begun, and +-40% noise extrapolated 30 s ahead does not move anything.",
     )
-    calendar: tuple[CalendarEvent, ...] = ()
+    calendar: tuple[CalendarEvent, ...] = Field(
+        default=(), description="Known events; none by default, the operator adds them."
+    )
     calendar_lead_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -203,7 +209,12 @@ class PlanningConfig(_Config):
         ge=0,
         description="15 minutes calm before giving capacity back: spikes come in waves.",
     )
-    max_shards: int = Field(default=64, ge=1, description="Never ask for more shards in total.")
+    max_shards: int = Field(
+        default=64,
+        ge=1,
+        description="Never ask for more shards in total: 64 is plenty on one machine; the "
+        "operator takes its limit from the PartitionMap.",
+    )
     min_warm_pool: int = Field(
         default=1, ge=0, description="Keep at least one warm overflow shard for the first spike."
     )
