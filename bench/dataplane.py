@@ -185,7 +185,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
     ]
     for config in CONFIGS:
-        lines.append(f"- {config}: {result['highest_rate_p99_under_10ms'][config]} rps")
+        best = result["highest_rate_p99_under_10ms"][config]
+        lines.append(f"- {config}: {f'{best} rps' if best else 'none of the rates tried'}")
     goal = result["goal"]
     lines += [
         "",

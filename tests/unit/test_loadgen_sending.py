@@ -20,12 +20,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Serve = Callable[[Handler], Awaitable[str]]
 
 
+RELEASE = web.AppKey("release", asyncio.Event)
+
+
+async def hang(request: web.Request) -> web.Response:
+    """A server that never answers while the test runs (the client gives up first)."""
+    await request.app[RELEASE].wait()
+    return web.Response(status=204)
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     servers: list[TestServer] = []
+    release = asyncio.Event()
 
     async def start(handler: Handler) -> str:
         app = web.Application()
+        app[RELEASE] = release
         app.router.add_post("/bid", handler)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
@@ -33,6 +44,8 @@ async def serve() -> AsyncIterator[Serve]:
         return str(server.make_url("/bid"))
 
     yield start
+    release.set()  # let hanging handlers end before their server and event loop close
+    await asyncio.sleep(0.01)
     for server in servers:
         await server.close()
 
@@ -66,10 +79,6 @@ async def test_every_request_is_sent_keyed_and_answered(serve: Serve) -> None:
 
 
 async def test_a_server_that_never_answers_loses_requests_not_hides_them(serve: Serve) -> None:
-    async def hang(request: web.Request) -> web.Response:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
     url = await serve(hang)
     report = await run_load(spec(url, deadline_ms=20, max_deadline_ms=20, grace_ms=20))
     assert report.sent == 30
@@ -94,10 +103,6 @@ async def test_a_dropped_connection_counts_as_lost(serve: Serve) -> None:
 
 
 async def test_requests_beyond_the_outstanding_cap_are_counted_not_sent(serve: Serve) -> None:
-    async def hang(request: web.Request) -> web.Response:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
     url = await serve(hang)
     report = await run_load(spec(url, max_outstanding=4, deadline_ms=1000, grace_ms=0))
     assert report.planned == 30
