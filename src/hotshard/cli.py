@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hotshard",
-        description="Keep a real-time bidding fleet inside its latency budget when traffic turns hot.",
+        description="Keep a real-time bidding fleet inside its latency budget when traffic "
+        "turns hot.",
     )
     parser.add_argument("--version", action="version", version=f"hotshard {__version__}")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")

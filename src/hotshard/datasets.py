@@ -26,7 +26,11 @@ class DataNotFoundError(FileNotFoundError):
 def data_root() -> Path:
     """The ``shared/data`` folder: ``$HOTSHARD_DATA``, else ``../shared/data`` beside the repo."""
     env = os.environ.get("HOTSHARD_DATA")
-    candidates = [Path(env)] if env else [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    candidates = (
+        [Path(env)]
+        if env
+        else [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    )
     for path in candidates:
         if (path / "openrtb").is_dir():
             return path
@@ -82,7 +86,11 @@ def worldcup98_per_minute(root: Path | None = None) -> tuple[tuple[str, int], ..
 @cache
 def azure_functions_per_minute(root: Path | None = None) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """``(function hash, 1,440 per-minute invocation counts)`` for 1,000 Azure Functions."""
-    path = _traces(root) / "azure_functions_2019" / "azure_functions_2019_1000fn_invocations_per_minute.csv"
+    path = (
+        _traces(root)
+        / "azure_functions_2019"
+        / "azure_functions_2019_1000fn_invocations_per_minute.csv"
+    )
     out = []
     with path.open(newline="") as f:
         reader = csv.reader(f)

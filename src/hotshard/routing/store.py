@@ -144,8 +144,12 @@ class FileTableWatcher:
         try:
             table, _ = self.store.read()
         except (OSError, ValueError) as exc:  # a bad table is held off, the good one stays
-            log.error("routing table %s is unreadable, keeping version %d: %s",
-                      self.store.path, self.holder.current.version, exc)
+            log.error(
+                "routing table %s is unreadable, keeping version %d: %s",
+                self.store.path,
+                self.holder.current.version,
+                exc,
+            )
             self._seen = ident
             return False
         self._seen = ident

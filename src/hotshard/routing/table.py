@@ -112,7 +112,9 @@ class RoutingTable(_Frozen):
             last = (i + 1) * partitions // len(base) - 1
             if last >= first:
                 ranges.append(PartitionRange(first=first, last=last, shard=shard.name))
-        return cls(version=version, partitions=partitions, shards=tuple(shards), ranges=tuple(ranges))
+        return cls(
+            version=version, partitions=partitions, shards=tuple(shards), ranges=tuple(ranges)
+        )
 
     def owners(self) -> list[str]:
         """The owning shard of every virtual partition, indexed by partition."""
@@ -191,7 +193,9 @@ def check_table(table: RoutingTable) -> None:
 
     seen: set[tuple[int, str | None]] = set()
     for s in table.splits:
-        where = f"split of partition {s.partition}" + (f" campaign {s.campaign!r}" if s.campaign else "")
+        where = f"split of partition {s.partition}" + (
+            f" campaign {s.campaign!r}" if s.campaign else ""
+        )
         need_partition(where, s.partition)
         need_known(where, s.shards)
         if (s.partition, s.campaign) in seen:
