@@ -32,23 +32,22 @@ def ordinal(name: str) -> tuple[int, str]:
     return (int(match.group(1)) if match else -1, name)
 
 
-def lease_budget(total: float, k: int) -> list[float]:
-    """Split a campaign's budget into ``k`` leases whose sum never exceeds ``total``.
+def lease_budget(total_micros: int, k: int) -> list[int]:
+    """Split a campaign's budget, in micro-units of currency, into ``k`` leases summing to it.
 
-    Leases are rounded down to a thousandth of the currency unit, so rounding can only leave
-    a little budget unleased, never overspend it.
+    Integers, not floats: ``0.02`` summed 35 times is ``0.7000000000000001``, which would be an
+    overspend. The remainder of the division goes one micro-unit each to the first shards.
 
     Example:
-        >>> lease_budget(10.0, 3)
-        [3.333, 3.333, 3.333]
+        >>> lease_budget(10_000_000, 3)
+        [3333334, 3333333, 3333333]
     """
     if k < 1:
         raise ValueError(f"a budget is leased to at least one shard, not {k}")
-    if total <= 0:
-        return [0.0] * k
-    milli = math.floor(total * 1000 + 1e-9)
-    each = milli // k
-    return [each / 1000] * k
+    if total_micros <= 0:
+        return [0] * k
+    each, rest = divmod(total_micros, k)
+    return [each + 1 if i < rest else each for i in range(k)]
 
 
 @dataclass(slots=True)
