@@ -49,3 +49,19 @@ schemas: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## The end-to-end tier on a real Kubernetes control plane on 127.0.0.1 (docs/e2e.md). The first
+## build compiles Kubernetes from source into ~/.cache/hotshard-e2e; later runs reuse it.
+.PHONY: e2e-build cluster-up cluster-down
+
+e2e-build:
+	nice -n 19 e2e/build.sh
+
+cluster-up: e2e-build
+	e2e/cluster.sh up
+
+cluster-down:
+	e2e/cluster.sh down
+
+e2e: $(STAMP) e2e-build
+	$(BIN)/pytest -q tests/e2e $(PYTEST_ARGS)
