@@ -69,13 +69,23 @@ def test_rate_spike_fires_on_the_second_bucket_not_the_first() -> None:
     engine, table = quiet_engine(), fleet()
     for t in range(60):
         assert not run(engine, table, t, flat()).hot
-    spiky = flat() | {5: PartitionLoad(rate=15.0 * 50, cpu=0.3)}  # CPU rises 40x, rate 50x
+    spiky = flat() | {5: PartitionLoad(rate=15.0 * 5, cpu=0.03)}  # 5x: over 3x, under the surge
     first = run(engine, table, 60, spiky)
     second = run(engine, table, 61, spiky)
     assert first.hot == ()  # one bucket may be a scrape artefact
     assert [(h.partition, h.signal) for h in second.hot] == [(5, "rate")]
-    # The first over bucket nudged the baseline by 0.02/61 of the jump: 15 -> 15.24 req/s.
-    assert second.hot[0].score == pytest.approx(750 / (15 + 735 * 0.02 / 61), rel=0.001)
+    # The first over bucket nudged the baseline by 0.02/61 of the jump: 15 -> 15.02 req/s.
+    assert second.hot[0].score == pytest.approx(75 / (15 + 60 * 0.02 / 61), rel=0.001)
+
+
+def test_a_surge_fires_on_the_first_bucket() -> None:
+    engine, table = quiet_engine(), fleet()
+    for t in range(60):
+        assert not run(engine, table, t, flat()).hot
+    spiky = flat() | {5: PartitionLoad(rate=15.0 * 50, cpu=0.3)}  # 50x: past the 10x surge bar
+    first = run(engine, table, 60, spiky)
+    assert [(h.partition, h.signal) for h in first.hot] == [(5, "rate")]
+    assert first.hot[0].score == pytest.approx(50.0, rel=0.001)
 
 
 def test_spike_below_the_absolute_floor_is_not_hot() -> None:
@@ -136,8 +146,7 @@ def test_campaign_that_carries_the_partition_is_the_hot_spot_and_is_quarantined(
         run(engine, table, t, flat())
     costly = flat() | {p: PartitionLoad(rate=15.0, cpu=0.75)}
     campaigns = [CampaignLoad(name, p, rate=10.0, cpu=0.74)]
-    run(engine, table, 30, costly, campaigns)
-    decision = run(engine, table, 31, costly, campaigns)
+    decision = run(engine, table, 30, costly, campaigns)  # 100x is a surge: the first bucket
     assert [(h.partition, h.campaign, h.signal) for h in decision.hot] == [
         (p, name, "cpu_per_request")
     ]

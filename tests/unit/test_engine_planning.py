@@ -113,8 +113,7 @@ def test_a_campaign_hotter_than_a_shard_is_split_k_ways() -> None:
         drv.step(loads(10.0))
     spike = loads(10.0) | {p: PartitionLoad(rate=4010.0, cpu=0.8, latency=0.01)}
     campaigns = [CampaignLoad(name, p, rate=4000.0, cpu=0.8)]
-    drv.step(spike, campaigns)
-    decision = drv.step(spike, campaigns)
+    decision = drv.step(spike, campaigns)  # 400x is a surge: planned on the first bucket
     # 4000 req/s is 2.0 shards; at a 70% target that is ceil(2.0 / 0.7) = 3 shards.
     split = [a for a in decision.actions if a.kind == "split"]
     assert len(split) == 1
@@ -149,8 +148,7 @@ def test_a_warm_shard_is_claimed_when_no_serving_shard_fits() -> None:
         drv.step(loads(60.0))  # 960 req/s per base shard: 48%
     rates = [60.0] * V
     rates[20] = 1200.0  # 60%: fits no base shard at 48%, fits an empty overflow shard
-    drv.step(loads(rates))
-    decision = drv.step(loads(rates))
+    decision = drv.step(loads(rates))  # 20x is a surge: planned on the first bucket
     kinds = [(a.kind, a.target) for a in decision.actions]
     assert kinds[:2] == [("claim_shard", ("overflow-0",)), ("migrate", ("overflow-0",))]
 

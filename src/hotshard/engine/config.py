@@ -65,6 +65,12 @@ class DetectionConfig(_Config):
         description="Two consecutive 1 s buckets: one bucket can be a scrape artefact; with one "
         "more second of scrape delay detection fires within 3 s of a spike's start.",
     )
+    surge_factor: float = Field(
+        default=10.0,
+        ge=1,
+        description="10x the baseline, over the floor, is no scrape artefact (flat load is within "
+        "+-40%): hot at once, without waiting out `sustain_seconds`.",
+    )
     baseline_half_life_seconds: float = Field(
         default=300.0,
         gt=0,

@@ -95,7 +95,8 @@ class Detector:
         above_floor[D_CPR] &= v[D_CPU] >= c.floor_cpu
         over = (v >= factor * self.baseline) & above_floor & present & judged
         self.streak = np.where(over, self.streak + dt, 0.0)
-        hot = self.streak >= c.sustain_seconds - 1e-9
+        surge = over & (v >= c.surge_factor * self.baseline)
+        hot = (self.streak >= c.sustain_seconds - 1e-9) | surge
         detection = Detection(
             values=v, baseline=self.baseline.copy(), hot=hot, factor=factor, observed=observed
         )
