@@ -10,8 +10,11 @@ the control loop never pulls every series. Each tick asks for:
 * the routers' top-k hot campaigns;
 * the timestamp of the newest sample, which gives the age the engine needs to fail static.
 
-Rates use ``rate(...[3s])``: with a 1 s scrape, three samples is the shortest window that still
-gives two points when a scrape arrives late. Partitions outside the top-k are simply absent; the
+Rates use ``irate(...[3s])``: the slope between the last two samples, so a spike shows at full
+height one scrape after it starts (``rate`` over the same window would average it with two calm
+seconds and report a third of it). The 3 s range only bounds how far back the last two samples
+may be when a scrape arrives late. irate is noisier than rate; the engine's sustain rule and its
+baselines absorb that. Partitions outside the top-k are simply absent; the
 engine treats an absent partition as "not hot", which is what being outside the top-k means.
 aiohttp is the client because the services already depend on it; one more HTTP stack would buy
 nothing here.
@@ -30,6 +33,7 @@ from hotshard.engine.model import CampaignLoad, Observation, PartitionLoad, Shar
 from hotshard.routing import partition_of
 
 WINDOW = "3s"
+RATE = "irate"
 TOP_K = 20
 """Partitions fetched per signal: a few hot spots at a time are realistic; 20 leaves margin."""
 QUERY_TIMEOUT_S = 0.8
@@ -40,34 +44,55 @@ _CPU = "hotshard_bidder_cpu_seconds_total"
 _LAT = "hotshard_bidder_latency_seconds_total"
 
 
-def partition_queries(k: int = TOP_K) -> dict[str, str]:
-    """PromQL for the top-k partitions by rate and by CPU (partition label ``none`` excluded)."""
-    sel = '{partition!="none"}'
+def matchers(*terms: str) -> str:
+    """A PromQL label selector from label matchers, skipping empty ones (``""`` when none)."""
+    kept = [t for t in terms if t]
+    return "{" + ", ".join(kept) + "}" if kept else ""
+
+
+def partition_queries(k: int = TOP_K, scope: str = "") -> dict[str, str]:
+    """PromQL for the top-k partitions by rate and by CPU (partition label ``none`` excluded).
+
+    ``scope`` is an extra label matcher (e.g. ``shard=~"fleet-.*"``) that keeps one fleet's
+    series apart from another's in a shared Prometheus; empty means every series.
+    """
+    sel = matchers('partition!="none"', scope)
     return {
-        "rate": f"topk({k}, sum by (partition) (rate({_REQ}{sel}[{WINDOW}])))",
-        "cpu": f"topk({k}, sum by (partition) (rate({_CPU}{sel}[{WINDOW}])))",
+        "rate": f"topk({k}, sum by (partition) ({RATE}({_REQ}{sel}[{WINDOW}])))",
+        "cpu": f"topk({k}, sum by (partition) ({RATE}({_CPU}{sel}[{WINDOW}])))",
     }
 
 
-def detail_queries(partitions: list[str]) -> dict[str, str]:
+def detail_queries(partitions: list[str], scope: str = "") -> dict[str, str]:
     """Rate, CPU and service-time sums of the named partitions only."""
-    sel = '{partition=~"' + "|".join(partitions) + '"}'
+    sel = matchers('partition=~"' + "|".join(partitions) + '"', scope)
     return {
-        "rate": f"sum by (partition) (rate({_REQ}{sel}[{WINDOW}]))",
-        "cpu": f"sum by (partition) (rate({_CPU}{sel}[{WINDOW}]))",
-        "latency": f"sum by (partition) (rate({_LAT}{sel}[{WINDOW}]))",
+        "rate": f"sum by (partition) ({RATE}({_REQ}{sel}[{WINDOW}]))",
+        "cpu": f"sum by (partition) ({RATE}({_CPU}{sel}[{WINDOW}]))",
+        "latency": f"sum by (partition) ({RATE}({_LAT}{sel}[{WINDOW}]))",
     }
 
 
-SHARD_QUERIES = {
-    "rate": f"sum by (shard) (rate({_REQ}[{WINDOW}]))",
-    "cpu": f"sum by (shard) (rate({_CPU}[{WINDOW}]))",
-    "latency": f"sum by (shard) (rate({_LAT}[{WINDOW}]))",
-    "queue": "max by (shard) (hotshard_bidder_inflight)",
-    "memory": "max by (shard) (process_resident_memory_bytes)",
-}
+def shard_queries(scope: str = "") -> dict[str, str]:
+    """Per-shard totals: rate, CPU, service time, in-flight requests, resident memory."""
+    sel = matchers(scope)
+    return {
+        "rate": f"sum by (shard) ({RATE}({_REQ}{sel}[{WINDOW}]))",
+        "cpu": f"sum by (shard) ({RATE}({_CPU}{sel}[{WINDOW}]))",
+        "latency": f"sum by (shard) ({RATE}({_LAT}{sel}[{WINDOW}]))",
+        "queue": f"max by (shard) (hotshard_bidder_inflight{sel})",
+        "memory": f"max by (shard) (process_resident_memory_bytes{sel})",
+    }
+
+
+def newest_query(scope: str = "") -> str:
+    """The timestamp of the newest in-flight sample: how fresh the whole view is."""
+    return f"max(timestamp(hotshard_bidder_inflight{matchers(scope)}))"
+
+
+SHARD_QUERIES = shard_queries()
 CAMPAIGN_QUERY = "max by (campaign, partition) (hotshard_router_hot_campaign_requests)"
-NEWEST_QUERY = "max(timestamp(hotshard_bidder_inflight))"
+NEWEST_QUERY = newest_query()
 
 
 def vector_by(result: Any, label: str) -> dict[str, float]:
@@ -136,9 +161,13 @@ class QueryError(RuntimeError):
 class PrometheusSource:
     """Builds each second's observation from about a dozen PromQL queries."""
 
-    def __init__(self, base_url: str, *, k: int = TOP_K) -> None:
+    def __init__(self, base_url: str, *, k: int = TOP_K, scope: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self.k = k
+        self.scope = scope
+        """An extra label matcher on every bidder query (the operator scopes by shard name)."""
+        self.last_error: str | None = None
+        """Why the last observation had no data (``None`` when Prometheus answered)."""
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -165,19 +194,22 @@ class PrometheusSource:
         return dict(zip(queries, results, strict=True))
 
     async def observe(self, now: float) -> Observation:
+        scope = self.scope
         try:
-            newest = await self.query(NEWEST_QUERY)
-            top = await self._named(partition_queries(self.k))
+            newest = await self.query(newest_query(scope))
+            top = await self._named(partition_queries(self.k, scope))
             labels = sorted(
                 set(vector_by(top["rate"], "partition")) | set(vector_by(top["cpu"], "partition"))
             )
             labels = [p for p in labels if p.isdigit()]
-            details = await self._named(detail_queries(labels)) if labels else {}
-            shard_raw = await self._named(SHARD_QUERIES)
+            details = await self._named(detail_queries(labels, scope)) if labels else {}
+            shard_raw = await self._named(shard_queries(scope))
             hot = await self.query(CAMPAIGN_QUERY)
-        except QueryError:
+        except QueryError as exc:
             # NB: no answer is the stalest data there is; the engine will hold.
+            self.last_error = str(exc)
             return Observation(time=now, partitions={}, shards={}, age_seconds=math.inf)
+        self.last_error = None
         partitions = (
             build_partitions(
                 vector_by(details["rate"], "partition"),

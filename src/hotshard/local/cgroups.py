@@ -24,8 +24,11 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PERIOD_US = 100_000
-"""CFS period: the kernel's default 100 ms, so a quota of 25 ms per period is a quarter core."""
+PERIOD_US = 10_000
+"""CFS period of 10 ms, not the kernel's default 100 ms: a shard that uses up its quota stalls
+until the period ends, so the period bounds the stall (at 0.15 core: 8.5 ms, not 85 ms), which
+is what keeps a throttled shard's p99 in the range a real pod with a CPU limit shows. A 0.1
+core quota is then 1 ms, the kernel's minimum."""
 
 _V1_FILES = ("cpu.cfs_quota_us", "cpu.cfs_period_us", "cgroup.procs")
 _V2_FILES = ("cpu.max", "cgroup.procs", "cgroup.subtree_control")
