@@ -3,10 +3,13 @@
 One auction request goes through, in order: size limit (413), deadline (504 when the router's
 deadline has already passed), admission (429), JSON and OpenRTB checks (400), campaign key
 (400), table version (503 when the router is ahead of us and we cannot catch up at once),
-ownership (421 naming the owner), then pricing under the campaign's budget lease (200 or 204).
-The CPU time of the work is measured with ``time.thread_time()``, charged to the campaign and
-returned in ``X-Hotshard-Cost-Us``. No client input can produce a 500: a catch-all answers 400,
-and logs the first such surprise once, since it is a bug of ours.
+ownership (421 naming the owner), the campaign's CPU tokens and resource breaker (429, see
+:mod:`.resources`), its targeting rules, then pricing under the campaign's budget lease (200 or
+204). The CPU time of the work is measured with ``time.thread_time()``, charged to the campaign
+and returned in ``X-Hotshard-Cost-Us``. Campaign configurations are read and written at
+``/campaigns/{campaign}/config``; costs and containment events are at ``/resources``. No
+client input can produce a 500: a catch-all answers 400, and logs the first such surprise once,
+since it is a bug of ours.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from hotshard_bidder.admission import RETRY_AFTER_S, Admission
 from hotshard_bidder.campaigns import CampaignBook
 from hotshard_bidder.metrics import NO_PARTITION, BidderMetrics
 from hotshard_bidder.openrtb import BadRequest, Bid, build_response, check_request, parse_json
+from hotshard_bidder.resources import ResourceGuard
 from hotshard_bidder.serving import (
     COST_HEADER,
     DEADLINE_HEADER,
@@ -33,9 +37,12 @@ from hotshard_bidder.serving import (
     json_response,
 )
 from hotshard_bidder.settings import BidderSettings
+from hotshard_bidder.targeting import CampaignConfig
 
 log = logging.getLogger(__name__)
 
+ESTIMATE_HEADER = "X-Hotshard-Cost-Estimate-Us"
+"""On a 429 for CPU tokens: what the refused request was predicted to cost."""
 CATCH_UP_RETRY_MS = 20
 """How long a router should wait before retrying a 503 "table behind": a few file polls."""
 
@@ -61,6 +68,7 @@ class BidderApp:
         self.admission = Admission(settings.max_inflight)
         self.book = CampaignBook(settings.shard, settings.budget_per_second)
         self.rounds = settings.work_rounds
+        self.guard = ResourceGuard(settings.shard, settings.guard_policy())
         self._reported_bug = False
         watch.holder.on_swap(self._on_swap)
         self.metrics.set_version(watch.holder.current.version)
@@ -79,6 +87,9 @@ class BidderApp:
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_put("/campaigns/{campaign}/config", self.put_config)
+        app.router.add_get("/campaigns/{campaign}/config", self.get_config)
+        app.router.add_get("/resources", self.resources)
         return app
 
     # -- the auction ------------------------------------------------------------------------
@@ -193,17 +204,38 @@ class BidderApp:
                 cpu=time.thread_time() - cpu_start,
                 payload={"owner": owner, "version": snapshot.version, "partition": partition},
             )
+        now = time.time()
+        res = self.guard.entry(campaign, now)
+        refusal = self.guard.admit(res, view, now)
+        if refusal is not None:
+            return self._refuse(
+                429,
+                refusal,
+                f"campaign {campaign!r} is over its CPU budget on {self.shard} ({refusal})",
+                started,
+                partition=label,
+                cpu=time.thread_time() - cpu_start,
+                extra={
+                    "Retry-After": self.guard.retry_after(res, refusal, now),
+                    ESTIMATE_HEADER: str(round(res.predicted * 1e6)),
+                },
+            )
         state = self.book.state(campaign, partition, snapshot)
-        shared = scoring.request_features(view)
-        device = scoring.device_value(view.doc)
         bids = []
-        for imp in view.imps:
-            price, media = scoring.price_imp(imp, shared, campaign, self.rounds, device)
-            if price > 0.0 and self.book.try_spend(state, price / 1000.0):
-                bids.append(Bid(imp.id, price, media))
+        if res.rules is None or res.rules.matches(view.doc):
+            rules_cpu = time.thread_time() - cpu_start if res.profiling else 0.0
+            shared = scoring.request_features(view)
+            device = scoring.device_value(view.doc)
+            for imp in view.imps:
+                price, media = scoring.price_imp(imp, shared, campaign, self.rounds, device)
+                if price > 0.0 and self.book.try_spend(state, price / 1000.0):
+                    bids.append(Bid(imp.id, price, media))
+        else:
+            rules_cpu = time.thread_time() - cpu_start if res.profiling else 0.0
         response_body = build_response(view.id, campaign, self.shard, bids) if bids else b""
         cpu = time.thread_time() - cpu_start
         self.book.charge_cpu(state, cpu)
+        self.guard.settle(res, view, cpu, rules_cpu, now)
         outcome = "bid" if bids else "nobid"
         self.metrics.record(label, outcome, cpu, time.perf_counter() - started, campaign)
         headers = self._headers(snapshot.version, cpu)
@@ -227,6 +259,27 @@ class BidderApp:
         return json_response(
             200, self.metrics.stats(self.watch.holder.current.version, self.admission.inflight)
         )
+
+    async def put_config(self, request: web.Request) -> web.Response:
+        """Store a new version of a campaign's configuration; 400 names what is wrong."""
+        campaign = request.match_info["campaign"]
+        try:
+            config = CampaignConfig.model_validate_json(await request.read())
+        except ValueError as exc:
+            return json_response(400, {"error": f"invalid campaign configuration: {exc}"})
+        stored = self.guard.configure(campaign, config)
+        log.info("campaign %s configuration version %d stored", campaign, stored.version)
+        return json_response(200, {"campaign": campaign, **stored.describe()})
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        campaign = request.match_info["campaign"]
+        found = self.guard.describe(campaign)
+        if found is None:
+            return json_response(404, {"error": f"no state for campaign {campaign!r} here"})
+        return json_response(200, found)
+
+    async def resources(self, request: web.Request) -> web.Response:
+        return json_response(200, self.guard.report())
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response(200, {"alive": True, "shard": self.shard})

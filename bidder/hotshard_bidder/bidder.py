@@ -45,10 +45,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work-rounds", type=int, help="scoring rounds per request, the CPU cost knob (default 24)"
     )
+    parser.add_argument(
+        "--no-resource-guard",
+        dest="resource_guard",
+        action="store_false",
+        default=None,
+        help="measure and report costs but never throttle, trip or roll back",
+    )
+    parser.add_argument(
+        "--cpu-budget", type=float, help="CPU cores one campaign may use on this shard (0.1)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    fields = (*COMMON_FIELDS, "shard", "max_inflight", "budget_per_second", "work_rounds")
+    fields = (
+        *COMMON_FIELDS,
+        *("shard", "max_inflight", "budget_per_second", "work_rounds"),
+        *("resource_guard", "cpu_budget"),
+    )
     try:
         settings = settings_from_args(BidderSettings, args, fields)
     except ValidationError as exc:

@@ -1,7 +1,7 @@
 """The bidder shard's metrics: Prometheus series for the control loop, and the same numbers as JSON.
 
 The operator's detector reads these names, so they are fixed (see ``docs/dataplane.md``). Every
-label is bounded: shard, virtual partition (at most ``V``), outcome (eight values), and a
+label is bounded: shard, virtual partition (at most ``V``), outcome (ten values), and a
 top-k rank. A campaign id appears only in the hot-campaign gauge, which holds at most
 ``HOT_K`` series at a time. Label children are cached per partition so that counting a request
 is a few attribute updates, not a label look-up.
@@ -34,6 +34,8 @@ OUTCOMES = (
     "retry",
     "overloaded",
     "expired",
+    "throttled",
+    "tripped",
 )
 NO_PARTITION = "none"
 """Partition label for requests refused before their campaign key was known."""

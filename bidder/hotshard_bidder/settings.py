@@ -16,6 +16,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hotshard.routing.keys import CAMPAIGN_HEADER, DEFAULT_CAMPAIGN_POINTERS, KeyExtractor
+from hotshard_bidder.resources import GuardPolicy
+from hotshard_bidder.tokens import TokenPolicy
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -69,6 +71,22 @@ class BidderSettings(_KeySettings):
         le=1000,
         description="Scoring rounds per imp (CPU cost knob).",
     )
+    resource_guard: bool = Field(
+        default=True,
+        description="CPU-token budgets, the resource breaker and automatic rollback "
+        "(docs/resource-hotspots.md); off, costs are still measured and reported.",
+    )
+    cpu_budget: float = Field(
+        # NB: see TokenPolicy.rate_cores for why a tenth of a core.
+        default=0.1,
+        gt=0,
+        le=64,
+        description="CPU-seconds per second one campaign may spend on this shard.",
+    )
+
+    def guard_policy(self) -> GuardPolicy:
+        tokens = TokenPolicy(rate_cores=self.cpu_budget)
+        return GuardPolicy(enabled=self.resource_guard, tokens=tokens)
 
 
 class RouterSettings(_KeySettings):

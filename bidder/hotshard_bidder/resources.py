@@ -1,0 +1,296 @@
+"""The bidder's resource guard: one place where a campaign's cost is checked, charged and judged.
+
+The auction handler asks two things of it per request: before the work, :meth:`ResourceGuard.admit`
+(tokens, the resource breaker, and the cost predicted from the request's fingerprint) and which
+configuration version evaluates the request (graduated rollout); after the work,
+:meth:`ResourceGuard.settle` with the measured CPU (charge the tokens, feed the profiler and the
+breaker, judge the rollout, roll back when a spike followed a change). Everything the guard does
+to a campaign is an *event* with a time and a reason (``GET /resources``): the demo's report and
+an operator read containment from there.
+
+State for one campaign lives in one :class:`CampaignResources` entry, and the per-request
+scratch values (version picked, prediction, profiling flag) are kept on it between ``admit`` and
+``settle``: the handler runs both without yielding to the event loop, so no other request can
+interleave, and the request path allocates nothing new for a normal campaign.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hotshard_bidder.breaker import BreakerState
+from hotshard_bidder.openrtb import BidRequestView
+from hotshard_bidder.profiling import CostProfile, ProfilePolicy, Profiler, fingerprint, shape_of
+from hotshard_bidder.resource_breaker import ResourceBreaker, ResourceBreakerPolicy
+from hotshard_bidder.rollout import Rollout, RolloutPolicy
+from hotshard_bidder.targeting import CampaignConfig, CompiledRules, ConfigHistory, ConfigVersion
+from hotshard_bidder.tokens import TokenBucket, TokenPolicy
+
+THROTTLED = "throttled"
+TRIPPED = "tripped"
+MAX_EVENTS = 1000
+"""Events kept per shard: containment is rare, and the newest thousand say what happened."""
+JUDGE_INTERVAL_S = 0.1
+"""A rollout is judged at most ten times a second: its evidence changes no faster."""
+EPISODE_GAP_S = 1.0
+"""Refusals less than a second apart belong to one throttling episode (one event)."""
+
+
+class GuardPolicy(BaseModel):
+    """Every knob of the resource guard; the bidder's settings carry one of these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        default=True,
+        description="Off: costs are still measured and reported, nothing is refused or undone.",
+    )
+    tokens: TokenPolicy = Field(default_factory=TokenPolicy)
+    breaker: ResourceBreakerPolicy = Field(default_factory=ResourceBreakerPolicy)
+    profile: ProfilePolicy = Field(default_factory=ProfilePolicy)
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
+
+
+@dataclass(slots=True)
+class CampaignResources:
+    """Everything the guard keeps for one campaign on this shard."""
+
+    campaign: str
+    bucket: TokenBucket
+    breaker: ResourceBreaker
+    profile: CostProfile = field(default_factory=CostProfile)
+    history: ConfigHistory | None = None
+    rollout: Rollout | None = None
+    active: int = 0
+    """The version every request gets when no rollout is in progress."""
+    requests: int = 0
+    cpu_seconds: float = 0.0
+    throttled: int = 0
+    predicted_refusals: int = 0
+    tripped: int = 0
+    last_refusal: float = -1e18
+    next_judge: float = 0.0
+    # Per-request scratch, valid from admit() to settle():
+    version: int = 0
+    rules: CompiledRules | None = None
+    predicted: float = 0.0
+    key: int = 0
+    profiling: bool = False
+
+
+class ResourceGuard:
+    """The resource state of every campaign on one shard."""
+
+    def __init__(
+        self,
+        shard: str,
+        policy: GuardPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.shard = shard
+        self.policy = policy or GuardPolicy()
+        self.clock = clock
+        self.profiler = Profiler(self.policy.profile)
+        self.campaigns: dict[str, CampaignResources] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+
+    def entry(self, campaign: str, now: float) -> CampaignResources:
+        found = self.campaigns.get(campaign)
+        if found is None:
+            found = self.campaigns[campaign] = CampaignResources(
+                campaign,
+                TokenBucket.full(self.policy.tokens, now),
+                ResourceBreaker(self.policy.breaker, updated=now),
+            )
+        return found
+
+    def note(self, now: float, kind: str, campaign: str, reason: str, **extra: Any) -> None:
+        self.events.append(
+            {"time": now, "shard": self.shard, "kind": kind, "campaign": campaign}
+            | extra
+            | {"reason": reason}
+        )
+
+    # -- the request path -------------------------------------------------------------------
+
+    def admit(self, res: CampaignResources, view: BidRequestView, now: float) -> str | None:
+        """``None`` if the request may run (``res.rules`` then evaluates it), else why not."""
+        res.version = res.rollout.pick() if res.rollout is not None else res.active
+        res.rules = res.history.get(res.version).compiled if res.history is not None else None
+        res.profiling = self.profiler.should_profile(res.profile)
+        res.predicted = 0.0
+        if not self.policy.enabled:
+            return None
+        bucket = res.bucket
+        if res.profiling or bucket.tokens < bucket.burst * 0.5:
+            res.key = fingerprint(view, res.campaign, res.version)
+            res.predicted = self.profiler.costs.predict(res.key)
+            res.profiling = True
+        if not res.breaker.allow(now):
+            res.tripped += 1
+            return TRIPPED
+        if bucket.admit(now, res.predicted):
+            return None
+        if res.breaker.state is BreakerState.HALF_OPEN:
+            res.breaker.probing = False  # NB: the probe was refused by tokens; let another try
+        res.throttled += 1
+        if res.predicted > bucket.tokens > 0:
+            res.predicted_refusals += 1
+        if now - res.last_refusal > EPISODE_GAP_S:
+            self.note(
+                now,
+                "throttle",
+                res.campaign,
+                f"out of CPU tokens ({bucket.tokens * 1e3:.1f} ms left of a "
+                f"{bucket.rate:.2f}-core budget; this request was predicted to cost "
+                f"{res.predicted * 1e3:.1f} ms)",
+                version=res.version,
+            )
+        res.last_refusal = now
+        if res.breaker.record(now, res.predicted, ran=False):
+            self._tripped(res, now)
+        return THROTTLED
+
+    def retry_after(self, res: CampaignResources, refusal: str, now: float) -> str:
+        if refusal == TRIPPED:
+            return str(max(1, round(res.breaker.retry_in(now) + 0.5)))
+        return res.bucket.retry_after_header(res.predicted)
+
+    def settle(
+        self, res: CampaignResources, view: BidRequestView, cost: float, rules: float, now: float
+    ) -> None:
+        """Charge a finished request's measured ``cost`` (``rules``: CPU of its rules, if timed)."""
+        res.requests += 1
+        res.cpu_seconds += cost
+        if res.profiling:
+            self.profiler.costs.learn(res.key, cost)
+            self.profiler.record_sample(res.profile, cost, rules, shape_of(view))
+        if self.profiler.observe(res.profile, cost, now):
+            self.note(
+                now,
+                "anomaly",
+                res.campaign,
+                f"cost per request {res.profile.fast * 1e6:.0f} µs against a normal "
+                f"{self.profiler.reference(res.profile) * 1e6:.0f} µs; profiling every request",
+                version=res.version,
+            )
+        if res.rollout is not None:
+            res.rollout.record(res.version, cost)
+        if not self.policy.enabled:
+            return
+        res.bucket.charge(cost)
+        if res.breaker.record(now, cost, ran=True):
+            self._tripped(res, now)
+        if res.rollout is not None and now >= res.next_judge:
+            res.next_judge = now + JUDGE_INTERVAL_S
+            self._judge(res, now)
+
+    def _tripped(self, res: CampaignResources, now: float) -> None:
+        rate = res.breaker.rate(now)
+        self.note(
+            now,
+            "trip",
+            res.campaign,
+            f"asked for {rate:.2f} cores of CPU (limit {self.policy.breaker.trip_cores:.2f}); "
+            f"refusing its requests for {res.breaker.cooloff:.0f} s",
+        )
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def configure(self, campaign: str, config: CampaignConfig) -> ConfigVersion:
+        """Store a new version of ``campaign``'s configuration and start rolling it out."""
+        now = self.clock()
+        res = self.entry(campaign, now)
+        if res.history is None:
+            res.history = ConfigHistory(campaign)
+        previous = res.history.last_good(len(res.history.versions))
+        stored = res.history.store(config, now)
+        graduated = config.rollout == "graduated" and self.policy.enabled
+        res.rollout = Rollout.start(
+            previous.version,
+            stored.version,
+            now,
+            self.profiler.reference(res.profile),
+            graduated=graduated,
+            policy=self.policy.rollout,
+        )
+        res.active = stored.version
+        self.note(
+            now,
+            "config",
+            campaign,
+            f"version {stored.version} stored ({config.rollout} rollout, starting at "
+            f"{res.rollout.share:.0%} of requests; last good is version {previous.version})",
+            version=stored.version,
+        )
+        return stored
+
+    def _judge(self, res: CampaignResources, now: float) -> None:
+        rollout, history = res.rollout, res.history
+        assert rollout is not None
+        assert history is not None
+        verdict = rollout.judge(now, self.policy.rollout)
+        if verdict.kind == "hold":
+            return
+        current = history.get(rollout.current)
+        if verdict.kind == "rollback":
+            current.verdict, current.why = "bad", verdict.reason
+            res.active = rollout.previous
+            res.profile.anomalous, res.profile.anomalous_since = False, None
+            res.profile.fast = res.profile.baseline  # NB: the bad version's average is void
+        elif verdict.kind == "promote":
+            current.verdict = "good"
+        self.note(now, verdict.kind, res.campaign, verdict.reason, version=rollout.current)
+
+    def describe(self, campaign: str) -> dict[str, Any] | None:
+        res = self.campaigns.get(campaign)
+        if res is None:
+            return None
+        rollout = res.rollout
+        return {
+            "campaign": campaign,
+            "active": res.active,
+            "rollout": None
+            if rollout is None
+            else {
+                "previous": rollout.previous,
+                "current": rollout.current,
+                "share": rollout.share,
+                "promoted": rollout.promoted,
+                "rolled_back": rollout.rolled_back,
+            },
+            "versions": res.history.describe() if res.history is not None else [],
+        }
+
+    def report(self) -> dict[str, Any]:
+        """Cost per campaign and every containment event, for ``GET /resources``."""
+        return {
+            "shard": self.shard,
+            "enabled": self.policy.enabled,
+            "time": self.clock(),
+            "shard_baseline_us": round(self.profiler.shard_baseline * 1e6, 1),
+            "fingerprints": len(self.profiler.costs),
+            "campaigns": {
+                name: {
+                    "requests": r.requests,
+                    "cpu_seconds": round(r.cpu_seconds, 6),
+                    "us_per_request": round(r.cpu_seconds / r.requests * 1e6, 1)
+                    if r.requests
+                    else None,
+                    "throttled": r.throttled,
+                    "predicted_refusals": r.predicted_refusals,
+                    "tripped": r.tripped,
+                    "breaker": r.breaker.state.value,
+                    "active_version": r.active,
+                    "profile": r.profile.describe(),
+                }
+                for name, r in self.campaigns.items()
+            },
+            "events": list(self.events),
+        }
