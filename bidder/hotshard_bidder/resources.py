@@ -130,29 +130,41 @@ class ResourceGuard:
         bucket = res.bucket
         if res.profiling or bucket.tokens < bucket.burst * 0.5:
             res.key = fingerprint(view, res.campaign, res.version)
-            res.predicted = self.profiler.costs.predict(res.key)
+            # NB: a shape never seen under an anomalous campaign is predicted at the campaign's
+            # current cost, so a bad version does not run once per request shape to be learnt.
+            known = self.profiler.costs.predict(res.key)
+            res.predicted = known or (res.profile.fast if res.profile.anomalous else 0.0)
             res.profiling = True
         if not res.breaker.allow(now):
             res.tripped += 1
             return TRIPPED
-        if bucket.admit(now, res.predicted):
+        if res.predicted <= self.policy.tokens.max_request_seconds and bucket.admit(
+            now, res.predicted
+        ):
             return None
         if res.breaker.state is BreakerState.HALF_OPEN:
             res.breaker.probing = False  # NB: the probe was refused by tokens; let another try
         res.throttled += 1
-        if res.predicted > bucket.tokens > 0:
+        if res.predicted > min(bucket.tokens, self.policy.tokens.max_request_seconds):
             res.predicted_refusals += 1
         if now - res.last_refusal > EPISODE_GAP_S:
             self.note(
                 now,
                 "throttle",
                 res.campaign,
-                f"out of CPU tokens ({bucket.tokens * 1e3:.1f} ms left of a "
-                f"{bucket.rate:.2f}-core budget; this request was predicted to cost "
-                f"{res.predicted * 1e3:.1f} ms)",
+                f"refused before running: {bucket.tokens * 1e3:.1f} ms of CPU tokens left (a "
+                f"{bucket.rate:.2f}-core budget), or this request's predicted "
+                f"{res.predicted * 1e3:.1f} ms is over the "
+                f"{self.policy.tokens.max_request_seconds * 1e3:.0f} ms a request may cost",
                 version=res.version,
             )
         res.last_refusal = now
+        if res.rollout is not None and res.predicted > 0:
+            # NB: a refused request is evidence too: its cost is predicted from measured ones.
+            res.rollout.record(res.version, res.predicted)
+            if now >= res.next_judge:
+                res.next_judge = now + JUDGE_INTERVAL_S
+                self._judge(res, now)
         if res.breaker.record(now, res.predicted, ran=False):
             self._tripped(res, now)
         return THROTTLED

@@ -169,9 +169,12 @@ class Rollout:
         """Widen, promote, roll back, or hold; mutates the state to match the verdict."""
         if self.rolled_back:
             return Judgement("hold", 0.0, "rolled back")
-        base = max(self.baseline(policy), MIN_REFERENCE_S)
+        known = self.baseline(policy)
+        base = max(known, MIN_REFERENCE_S)
         cost = self.new.recent
-        over = self.new.requests >= policy.min_samples and cost > policy.cost_ratio * base
+        # NB: with no reference at all (a new campaign), a spike cannot be told from its normal.
+        over = known > 0 and self.new.requests >= policy.min_samples
+        over = over and cost > policy.cost_ratio * base
         if over and now - self.changed_at <= policy.watch_seconds:
             self.over_since = self.over_since if self.over_since is not None else now
             lasted = now - self.over_since

@@ -35,6 +35,12 @@ from hotshard.local.fleet import FleetShape, LocalFleet
 from hotshard.local.processes import ServiceProcess, free_port, start_service
 from hotshard.local.prometheus import LocalPrometheus, find_prometheus
 from hotshard.local.report import PassRecord, Sample, build_summary, write_report
+from hotshard.local.resource_run import (
+    AppliedChange,
+    apply_config_changes,
+    collect_resources,
+    summarise_resources,
+)
 from hotshard.local.scenario import (
     DEFAULT_SCENARIO,
     ScenarioError,
@@ -42,7 +48,7 @@ from hotshard.local.scenario import (
     compile_plan,
     load_scenario,
 )
-from hotshard.local.traffic import TrafficRun, build_specs, write_hot_trace
+from hotshard.local.traffic import GroupResult, TrafficRun, build_specs, write_hot_trace
 from hotshard.local.view import LiveView, Progress
 from hotshard.routing import RoutingTable, Shard
 from hotshard.routing.store import FileRoutingStore
@@ -154,7 +160,9 @@ async def run_pass(
     limiter, why = open_limiter(run_id)
     view.say(limiter.note if limiter else f"NOTE: {why}")
     store = FileRoutingStore(run_dir / "routing.json")
-    fleet = LocalFleet(run_dir, store.path, FleetShape(), limiter)
+    # NB: "containment off" for a resource scenario also turns off the bidders' own guard.
+    guard_off = ("--no-resource-guard",) if plan.config_changes and not mitigate else ()
+    fleet = LocalFleet(run_dir, store.path, FleetShape(), limiter, bidder_args=guard_off)
     with contextlib.ExitStack() as stack:
         if limiter is not None:
             stack.enter_context(_on_exit(limiter.close))
@@ -190,6 +198,10 @@ async def run_pass(
         t0 = time.time() + 1.0  # NB: a child load generator takes about a second to start
         traffic.start()
         ticking = asyncio.create_task(loop.run(stop))
+        applied: list[AppliedChange] = []
+        changing = asyncio.create_task(
+            apply_config_changes(plan.config_changes, fleet.urls, t0 + plan.spike_start, applied)
+        )
         refresh = None
         if prometheus is not None:
             scraped = prometheus
@@ -200,6 +212,10 @@ async def run_pass(
         samples = await _watch(plan, loop, fleet, refresh, traffic, title, t0, view)
         stop.set()
         await ticking
+        changing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await changing
+        costs = await collect_resources(fleet.urls()) if plan.config_changes else {}
         groups = await asyncio.to_thread(traffic.results, REPORT_TIMEOUT_S)
         t0 = groups["hot"].started_at
         samples = [Sample(s.t - t0, s.shards, s.shard_rates, s.hot) for s in samples]
@@ -217,7 +233,20 @@ async def run_pass(
             samples=samples,
             base_owners=base_owners,
             shard_seconds=fleet.shard_seconds(end),
+            resources=summarise_resources(applied, costs, list(loop.timeline), _rates(plan, groups))
+            if plan.config_changes
+            else {},
         )
+
+
+def _rates(plan: TrafficPlan, groups: dict[str, GroupResult]) -> dict[str, float]:
+    """The changed campaigns' request rate before and during: flat in a resource scenario."""
+    phases = groups["hot"].phases
+    during = plan.spike_end - plan.spike_start
+    return {
+        "before": round(phases["before"].sent / plan.spike_start, 2),
+        "during": round(phases["during"].sent / during, 2) if during > 0 else 0.0,
+    }
 
 
 def _stop(service: ServiceProcess | None) -> None:
@@ -369,4 +398,10 @@ async def _demo(args: argparse.Namespace, plan: TrafficPlan, cooldown: float) ->
         f"lost {summary['lost_requests']}, shards peak {summary['shards_peak']} "
         f"end {summary['shards_end']}"
     )
+    if summary.get("config_changes"):
+        print(
+            f"resource hot spot: detected {summary['resource_detect_seconds']} s after the "
+            f"change, contained by {', '.join(summary['contained_by']) or 'nothing'}, "
+            f"rolled back {summary['rolled_back']}"
+        )
     return 0

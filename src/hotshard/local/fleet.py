@@ -70,6 +70,8 @@ class LocalFleet:
     routing_file: Path
     shape: FleetShape
     limiter: CpuLimiter | None
+    bidder_args: tuple[str, ...] = ()
+    """Extra flags for every bidder, e.g. ``--no-resource-guard`` for a containment-off pass."""
     shards: dict[str, ShardProcess] = field(default_factory=dict)
     history: list[ShardProcess] = field(default_factory=list)
     """Every shard process ever started, for shard-seconds."""
@@ -100,6 +102,7 @@ class LocalFleet:
                 str(port),
                 "--routing-file",
                 str(self.routing_file),
+                *self.bidder_args,
             ],
             port=port,
             log_path=self.run_dir / "logs" / f"{name}.log",

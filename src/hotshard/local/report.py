@@ -45,6 +45,8 @@ class PassRecord:
     """Shards that owned the hot campaigns before the spike."""
     shard_seconds: float
     notes: list[str] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)
+    """Resource figures (:func:`hotshard.local.resource_run.summarise_resources`), if any."""
 
 
 def _since(t0: float, entry: Entry) -> float:
@@ -94,6 +96,7 @@ def summarise_pass(record: PassRecord) -> dict[str, Any]:
         "generator_fell_behind": any(
             g.report.generator_fell_behind for g in record.groups.values()
         ),
+        **record.resources,
     }
 
 
@@ -162,6 +165,10 @@ def render_markdown(summary: dict[str, Any], main: PassRecord) -> str:
             ours = summary["errors"].get(group, {}).get(phase)
             theirs = base.get("errors", {}).get(group, {}).get(phase)
             lines.append(f"| errors, {group}, {phase} | {_fmt(ours)} | {_fmt(theirs)} |")
+    if summary.get("config_changes"):
+        from hotshard.local.resource_run import render_resources
+
+        lines += render_resources(summary, base)
     lines += ["", "## Notes", ""] + [f"- {n}" for n in summary.get("notes", [])]
     lines += [
         "",

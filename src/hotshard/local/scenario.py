@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hotshard import datasets
+from hotshard_bidder.targeting import CampaignConfig
 
 BUILTIN_DIR = Path(__file__).resolve().parents[3] / "scenarios"
 DEFAULT_SCENARIO = "election-night"
@@ -101,10 +102,23 @@ class Spike(_Strict):
         return self
 
 
+class ConfigChange(_Strict):
+    """An advertiser changes a campaign's configuration while the scenario runs."""
+
+    offset_seconds: float = Field(
+        ge=-600, le=1800, description="When, in seconds after the `during` phase begins."
+    )
+    campaign: str = Field(min_length=1, description="The campaign whose configuration changes.")
+    config: CampaignConfig = Field(description="The new version, as PUT to every bidder.")
+
+
 class Phases(_Strict):
     """How long the quiet stretches around the spike last."""
 
     before_seconds: float = Field(gt=0, le=600, description="Steady traffic before the spike.")
+    during_seconds: float | None = Field(
+        default=None, gt=0, le=1800, description="Length of `during` in a scenario with no spike."
+    )
     after_seconds: float = Field(
         gt=0, le=1800, description="Steady traffic after the spike (the cooldown runs here)."
     )
@@ -114,7 +128,8 @@ class QuickRun(_Strict):
     """The shorter timings ``--quick`` uses; the traffic is otherwise the same."""
 
     before_seconds: float = Field(gt=0, le=600)
-    spike_minutes: int = Field(ge=1, le=1440)
+    spike_minutes: int | None = Field(default=None, ge=1, le=1440)
+    during_seconds: float | None = Field(default=None, gt=0, le=1800)
     after_seconds: float = Field(gt=0, le=1800)
 
 
@@ -127,17 +142,32 @@ class Scenario(_Strict):
         gt=0, le=5000, description="Requests per second over all campaigns, without the spike."
     )
     campaigns: CampaignSource
-    spike: Spike
+    spike: Spike | None = None
     phases: Phases
+    config_changes: tuple[ConfigChange, ...] = Field(
+        default=(), description="Campaign configuration changes, e.g. an advertiser's bug."
+    )
     quick: QuickRun | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> Self:
+        if self.spike is None and not self.config_changes:
+            raise ValueError("a scenario needs a `spike`, `config_changes`, or both")
+        if self.spike is None and self.phases.during_seconds is None:
+            raise ValueError("without a `spike`, `phases.during_seconds` says how long it lasts")
+        return self
 
     def quickened(self) -> Scenario:
         """The same scenario with its ``quick`` timings, or itself when it has none."""
         if self.quick is None:
             return self
-        spike = self.spike.model_copy(update={"minutes": self.quick.spike_minutes})
+        spike = self.spike
+        if spike is not None and self.quick.spike_minutes is not None:
+            spike = spike.model_copy(update={"minutes": self.quick.spike_minutes})
         phases = Phases(
-            before_seconds=self.quick.before_seconds, after_seconds=self.quick.after_seconds
+            before_seconds=self.quick.before_seconds,
+            during_seconds=self.quick.during_seconds or self.phases.during_seconds,
+            after_seconds=self.quick.after_seconds,
         )
         return self.model_copy(update={"spike": spike, "phases": phases})
 
@@ -155,6 +185,7 @@ class TrafficPlan:
     duration: float
     hot_rates: tuple[float, ...]
     """Requests per second of all hot campaigns together, one value per second of the run."""
+    config_changes: tuple[ConfigChange, ...] = ()
 
     @property
     def other_rate(self) -> float:
@@ -261,25 +292,38 @@ def read_spike_shape(spike: Spike) -> list[float]:
 def compile_plan(scenario: Scenario) -> TrafficPlan:
     """Turn a scenario into per-second rates for the steady and the hot campaigns."""
     weights = read_key_weights(scenario.campaigns)
-    missing = [c for c in scenario.spike.campaigns if c not in weights]
+    spiked = scenario.spike.campaigns if scenario.spike is not None else ()
+    missing = [c for c in spiked if c not in weights]
     if missing:
         raise ScenarioError(
             "field `spike.campaigns`: not in the campaign distribution: " + ", ".join(missing)
         )
-    counts = read_spike_shape(scenario.spike)
+    spike = scenario.spike
+    changed = tuple(dict.fromkeys(c.campaign for c in scenario.config_changes))
+    missing = [c for c in changed if c not in weights]
+    if missing:
+        raise ScenarioError(
+            "field `config_changes`: not in the campaign distribution: " + ", ".join(missing)
+        )
+    # NB: with no spike the changed campaigns are the "hot" group, sent at their flat rate.
+    counts = read_spike_shape(spike) if spike is not None else [1.0]
     peak = max(counts)
-    hot = tuple(scenario.spike.campaigns)
+    hot = tuple(spike.campaigns) if spike is not None else changed
     normal = scenario.base_rate * sum(weights[c] for c in hot)
     spike_start = scenario.phases.before_seconds
-    spike_length = scenario.spike.minutes * scenario.spike.seconds_per_minute
+    spike_length = (
+        spike.minutes * spike.seconds_per_minute
+        if spike is not None
+        else float(scenario.phases.during_seconds or 0.0)
+    )
     spike_end = spike_start + spike_length
     duration = spike_end + scenario.phases.after_seconds
     rates = []
     for second in range(math.ceil(duration)):
-        if spike_start <= second < spike_end:
-            minute = int((second - spike_start) / scenario.spike.seconds_per_minute)
+        if spike is not None and spike_start <= second < spike_end:
+            minute = int((second - spike_start) / spike.seconds_per_minute)
             # NB: the trace's own peak maps to `factor`; its quiet minutes stay near 1x.
-            multiplier = 1.0 + (scenario.spike.factor - 1.0) * counts[minute] / peak
+            multiplier = 1.0 + (spike.factor - 1.0) * counts[minute] / peak
             rates.append(normal * multiplier)
         else:
             rates.append(normal)
@@ -291,4 +335,5 @@ def compile_plan(scenario: Scenario) -> TrafficPlan:
         spike_end=spike_end,
         duration=duration,
         hot_rates=tuple(rates),
+        config_changes=scenario.config_changes,
     )

@@ -1,0 +1,103 @@
+"""Graduated rollout widens on normal cost and rolls back on a spike, with the reason in words."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotshard_bidder.resources import GuardPolicy, ResourceGuard
+from hotshard_bidder.rollout import Rollout, RolloutPolicy
+from hotshard_bidder.targeting import CampaignConfig, TargetingRules
+
+POLICY = RolloutPolicy()  # 5% start, x2, 2 s stages, 5 samples, 4x, 2 s confirm, 120 s watch
+
+
+def feed(r: Rollout, start: float, seconds: float, rps: int, new_cost: float, old: float) -> float:
+    """Requests at ``rps`` for ``seconds``, judged after each; returns the end time."""
+    t = start
+    for _ in range(int(seconds * rps)):
+        t += 1 / rps
+        version = r.pick()
+        r.record(version, new_cost if version == r.current else old)
+        r.judge(t, POLICY)
+    return t
+
+
+def test_a_graduated_change_starts_at_five_percent_of_requests() -> None:
+    r = Rollout.start(1, 2, 0.0, 100e-6, graduated=True, policy=POLICY)
+    picks = [r.pick() for _ in range(1000)]
+    assert picks.count(2) == pytest.approx(50, abs=2)
+
+
+def test_normal_cost_widens_stage_by_stage_then_promotes() -> None:
+    r = Rollout.start(1, 2, 0.0, 100e-6, graduated=True, policy=POLICY)
+    shares = []
+    t = 0.0
+    while not r.promoted and t < 60:
+        t = feed(r, t, 0.5, 200, 110e-6, 100e-6)
+        if not shares or shares[-1] != r.share:
+            shares.append(r.share)
+    assert shares == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]
+    assert r.promoted
+    assert not r.rolled_back
+    # Five widenings and a promotion, 2 s each.
+    assert t == pytest.approx(12.0, abs=0.6)
+
+
+def test_a_spike_after_a_change_rolls_back_after_the_confirmation_time() -> None:
+    r = Rollout.start(1, 2, 0.0, 100e-6, graduated=False, policy=POLICY)
+    assert r.share == 1.0
+    t = 0.0
+    verdicts = []
+    for i in range(400):
+        t = i * 0.01
+        r.record(r.pick(), 0.02)
+        verdicts.append(r.judge(t, POLICY))
+    rollback = [v for v in verdicts if v.kind == "rollback"]
+    assert len(rollback) == 1
+    # Over the bar from the 5th request (0.04 s), confirmed 2 s later.
+    index = verdicts.index(rollback[0])
+    assert index * 0.01 == pytest.approx(2.04, abs=0.011)
+    assert (
+        "version 2 costs 20000 µs per request, 200x the 100 µs of version 1" in rollback[0].reason
+    )
+    assert r.pick() == 1
+
+
+def test_a_spike_long_after_the_change_is_not_the_change() -> None:
+    r = Rollout.start(1, 2, 0.0, 100e-6, graduated=False, policy=POLICY)
+    for _ in range(50):
+        r.record(2, 100e-6)
+    for i in range(300):
+        r.record(2, 0.02)
+        verdict = r.judge(200.0 + i * 0.01, POLICY)
+        assert verdict.kind != "rollback"
+
+
+def test_the_guard_rolls_back_to_the_last_good_version_and_records_why() -> None:
+    clock = [0.0]
+    guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: clock[0])
+    good = CampaignConfig(rollout="immediate", rules=TargetingRules(page_patterns=("^http",)))
+    bad = CampaignConfig(rollout="immediate", rules=TargetingRules(page_patterns=("(a|aa)*b",)))
+    from hotshard_bidder.openrtb import check_request
+
+    view = check_request({"id": "r", "imp": [{"id": "1"}], "site": {"page": "http://x.test/p"}})
+    res = guard.entry("c1", 0.0)
+
+    def serve(cost: float, seconds: float) -> None:
+        for _ in range(int(seconds * 20)):
+            clock[0] += 0.05
+            if guard.admit(res, view, clock[0]) is None:
+                guard.settle(res, view, cost, 0.0, clock[0])
+
+    assert guard.configure("c1", good).version == 1
+    serve(100e-6, 4.0)
+    assert res.history is not None
+    assert res.history.get(1).verdict == "good"
+    assert guard.configure("c1", bad).version == 2
+    serve(0.004, 4.0)  # 4 ms each: 40x, under the 5 ms per-request bound so they run
+    kinds = [e["kind"] for e in guard.events]
+    assert kinds[:2] == ["config", "promote"]
+    assert "rollback" in kinds
+    assert res.active == 1
+    assert res.history.get(2).verdict == "bad"
+    assert "back to version 1" in res.history.get(2).why

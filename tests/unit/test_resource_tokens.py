@@ -1,0 +1,87 @@
+"""CPU-token buckets and the guard's admission: budgets in CPU time, refusals before the work."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotshard_bidder.openrtb import check_request
+from hotshard_bidder.resources import THROTTLED, GuardPolicy, ResourceGuard
+from hotshard_bidder.tokens import TokenBucket, TokenPolicy
+
+
+def bucket(rate: float = 0.1, burst: float = 0.03) -> TokenBucket:
+    return TokenBucket.full(TokenPolicy(rate_cores=rate, burst_seconds=burst), now=100.0)
+
+
+def test_an_expensive_request_takes_more_tokens_than_a_cheap_one() -> None:
+    b = bucket()
+    assert b.admit(100.0, 0.0)
+    b.charge(0.02)  # 20 ms of rules
+    assert b.tokens == pytest.approx(0.01)
+    assert b.admit(100.0, 0.0)
+    b.charge(0.0001)
+    assert b.tokens == pytest.approx(0.0099)
+
+
+def test_refill_is_cpu_seconds_per_second_capped_at_the_burst() -> None:
+    b = bucket()
+    b.charge(0.03)
+    assert b.tokens == pytest.approx(0.0)
+    b.refill(100.1)  # 0.1 s at 0.1 core = 10 ms
+    assert b.tokens == pytest.approx(0.01)
+    b.refill(200.0)
+    assert b.tokens == pytest.approx(0.03)
+
+
+def test_a_request_predicted_beyond_the_balance_is_refused_and_counted() -> None:
+    b = bucket()
+    b.charge(0.025)  # 5 ms left
+    assert not b.admit(100.0, 0.02)
+    assert b.refused == 1
+    assert b.refused_cost == pytest.approx(0.02)
+    # 15 ms missing at 0.1 core/s: 0.15 s, which Retry-After rounds up to 1 s.
+    assert b.retry_after(0.02) == pytest.approx(0.15)
+    assert b.retry_after_header(0.02) == "1"
+
+
+def test_debt_is_bounded_by_one_burst() -> None:
+    b = bucket()
+    b.charge(1.0)
+    assert b.tokens == pytest.approx(-0.03)
+    assert not b.admit(100.0, 0.0)
+    assert b.retry_after_header(0.0) == "1"
+    b.refill(100.5)  # 50 ms back: from -30 ms to +20 ms
+    assert b.tokens == pytest.approx(0.02)
+
+
+REQUEST = {
+    "id": "r1",
+    "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}],
+    "site": {"domain": "news.example", "page": "http://news.example/a/b.html"},
+}
+
+
+def test_the_guard_refuses_a_known_expensive_fingerprint_before_running_it() -> None:
+    view = check_request(REQUEST)
+    guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: 100.0)
+    res = guard.entry("c1", 100.0)
+    assert guard.admit(res, view, 100.0) is None  # first request: profiled, nothing known
+    guard.settle(res, view, 0.018, 0.017, 100.0)
+    assert guard.profiler.costs.predict(res.key) == pytest.approx(0.018)
+    # The next request of the same shape is predicted at 18 ms, over the 5 ms per-request bound.
+    assert guard.admit(res, view, 100.001) == THROTTLED
+    assert res.predicted == pytest.approx(0.018)
+    assert res.predicted_refusals == 1
+    assert [e["kind"] for e in guard.events] == ["anomaly", "throttle"]
+
+
+def test_a_disabled_guard_measures_but_never_refuses() -> None:
+    view = check_request(REQUEST)
+    guard = ResourceGuard("s1", GuardPolicy(enabled=False), clock=lambda: 100.0)
+    res = guard.entry("c1", 100.0)
+    for i in range(50):
+        assert guard.admit(res, view, 100.0 + i * 0.01) is None
+        guard.settle(res, view, 0.02, 0.0, 100.0 + i * 0.01)
+    assert res.requests == 50
+    assert res.cpu_seconds == pytest.approx(1.0)
+    assert res.throttled == 0
