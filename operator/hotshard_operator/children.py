@@ -52,6 +52,11 @@ def shard_name(pmap: str, tier: Tier, ordinal: int) -> str:
     return f"{tier_name(pmap, tier)}-{ordinal}"
 
 
+def shard_ordinal(name: str) -> int:
+    """The StatefulSet ordinal at the end of a shard's name (``fleet-overflow-3`` is 3)."""
+    return int(name.rsplit("-", 1)[1])
+
+
 def shard_url(pmap: str, namespace: str, tier: Tier, ordinal: int, port: int) -> str:
     """The stable DNS name the headless Service gives one shard's pod."""
     host = f"{shard_name(pmap, tier, ordinal)}.{tier_name(pmap, tier)}.{namespace}.svc"
@@ -219,12 +224,22 @@ def build_first_table(pmap: str, namespace: str, spec: PartitionMapSpec) -> Rout
 
 
 def build_children(
-    pmap: str, namespace: str, uid: str, spec: PartitionMapSpec, overflow_serving: int = 0
+    pmap: str,
+    namespace: str,
+    uid: str,
+    spec: PartitionMapSpec,
+    overflow_replicas: int | None = None,
 ) -> list[Manifest]:
-    """Every StatefulSet and Service of the fleet, in the order they should be applied."""
+    """Every StatefulSet and Service of the fleet, in the order they should be applied.
+
+    ``overflow_replicas`` is what the overflow tier runs now (the actuator owns that number
+    once the fleet exists); when ``None`` it starts at the warm pool size.
+    """
     out: list[Manifest] = []
     for tier in TIERS:
         out.append(build_service(pmap, namespace, uid, spec, tier))
-        replicas = tier_replicas(spec, tier, overflow_serving)
+        replicas = tier_replicas(spec, tier)
+        if tier == "overflow" and overflow_replicas is not None:
+            replicas = overflow_replicas
         out.append(build_stateful_set(pmap, namespace, uid, spec, tier, replicas))
     return out

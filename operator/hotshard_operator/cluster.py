@@ -19,8 +19,8 @@ from typing import Any
 from kubernetes import client, config
 
 from hotshard.routing.configmap_store import ConfigMapRoutingStore
-from hotshard_operator.children import TIERS, tier_name
-from hotshard_operator.reconcile import FleetRef
+from hotshard_operator.children import TIERS, Tier, tier_name
+from hotshard_operator.reconcile import FleetRef, TierStatus
 from hotshard_operator.resources import GROUP, KIND, PLURAL, VERSION
 
 CONFLICT = 409
@@ -70,6 +70,29 @@ class KubernetesCluster:
 
     async def apply(self, manifest: dict[str, Any]) -> None:
         await asyncio.to_thread(self._apply, manifest)
+
+    def _scale(self, ref: FleetRef, tier: Tier, replicas: int) -> None:
+        # NB: a patch of the StatefulSet itself, not its scale subresource: the Role grants
+        # `patch` on statefulsets, and one fewer subresource is one fewer RBAC rule.
+        body = {"spec": {"replicas": replicas}}
+        self.apps.patch_namespaced_stateful_set(tier_name(ref.name, tier), ref.namespace, body)
+
+    async def scale(self, ref: FleetRef, tier: Tier, replicas: int) -> None:
+        await asyncio.to_thread(self._scale, ref, tier, replicas)
+
+    def _tier_status(self, ref: FleetRef, tier: Tier) -> TierStatus:
+        try:
+            sts = self.apps.read_namespaced_stateful_set(tier_name(ref.name, tier), ref.namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            return TierStatus(replicas=None, ready=0)
+        replicas = sts.spec.replicas if sts.spec and sts.spec.replicas is not None else 1
+        ready = (sts.status.ready_replicas if sts.status else 0) or 0
+        return TierStatus(replicas=int(replicas), ready=int(ready))
+
+    async def tier_status(self, ref: FleetRef, tier: Tier) -> TierStatus:
+        return await asyncio.to_thread(self._tier_status, ref, tier)
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         await asyncio.to_thread(

@@ -11,10 +11,10 @@ import logging
 import time
 from typing import Any
 
-import httpx
 import kopf
 
 from hotshard_operator.cluster import KubernetesCluster, load_client_config
+from hotshard_operator.loopstep import LoopStep, build_loop_step
 from hotshard_operator.reconcile import (
     FleetRef,
     ensure_fleet,
@@ -23,7 +23,6 @@ from hotshard_operator.reconcile import (
     run_tick,
 )
 from hotshard_operator.resources import GROUP, PLURAL, VERSION, routing_config_map_name
-from hotshard_operator.signals import FailStaticStep
 from hotshard_operator.status import PartitionMapStatus
 
 PREFIX = "hotshard.io"
@@ -77,21 +76,37 @@ async def detect(
 ) -> None:
     """Tick the control loop every ``spec.detection.interval`` seconds while the map exists.
 
-    A daemon rather than a timer, because the interval is per PartitionMap and may change.
+    A daemon rather than a timer, because the interval is per PartitionMap and may change, and
+    because the loop (and its engine's baselines) must live from one tick to the next. A new
+    spec generation builds a new loop.
     """
     cluster = KubernetesCluster()
-    async with httpx.AsyncClient() as http:
-        last = time.monotonic()
+    step: LoopStep | None = None
+    built_for = -1
+    cost = 0.0
+    last = time.monotonic()
+    try:
         while not stopped:
             parsed, message = parse_spec(dict(body.get("spec", {})))
             if parsed is None:
                 logger.warning("Not ticking: %s", message)
                 await stopped.wait(5.0)  # 5 s: an invalid spec waits for a human
                 continue
-            now = time.monotonic()
             ref = _ref(meta, body)
-            store = cluster.routing_store(ref.namespace, routing_config_map_name(ref.name, parsed))
-            step = FailStaticStep(http, parsed, str(meta.name))
-            await run_tick(ref, parsed, _status(body), cluster, store, step, elapsed_s=now - last)
-            last = now
+            if step is None or ref.generation != built_for:
+                if step is not None:
+                    await step.aclose()
+                store = cluster.routing_store(
+                    ref.namespace, routing_config_map_name(ref.name, parsed)
+                )
+                step, built_for = build_loop_step(ref, parsed, cluster, store), ref.generation
+            status = _status(body)
+            # NB: our last status patch may not be in `body` yet; never let the cost go back.
+            status = status.model_copy(update={"cost_so_far": max(cost, status.cost_so_far)})
+            now = time.monotonic()
+            status = await run_tick(ref, parsed, status, cluster, step, elapsed_s=now - last)
+            cost, last = status.cost_so_far, now
             await stopped.wait(parsed.detection.interval)
+    finally:
+        if step is not None:
+            await step.aclose()

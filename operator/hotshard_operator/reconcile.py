@@ -1,36 +1,38 @@
 """What the operator does for one PartitionMap: build the fleet, then tick the control loop.
 
 The kopf handlers only register; they call the two entry points here. :func:`ensure_fleet`
-applies the children (StatefulSets, headless Services) and publishes the first routing table,
-or adopts the table already in the ConfigMap, which is how a restarted operator resumes.
-:func:`run_tick` runs one detect-plan-act step of the shared control loop and turns what it
-did into status, conditions and Events.
+publishes the first routing table (or adopts the one already in the ConfigMap, which is how a
+restarted operator resumes) and applies the children (StatefulSets, headless Services) sized
+for that table. :func:`run_tick` runs one detect-plan-act step of the shared control loop and
+turns what it did into status, conditions and Events.
 
 All I/O goes through two narrow seams, so this module is tested without a cluster: a
-:class:`Cluster` (apply a manifest, patch status, post an Event) and a :class:`ControlStep`
-(one step of the control loop that local mode also runs).
+:class:`Cluster` (apply a manifest, scale a tier, patch status, post an Event) and a
+:class:`ControlStep` (one step of the control loop that local mode also runs; the production
+one is :class:`hotshard_operator.loopstep.LoopStep`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from hotshard.engine.model import PoolState
 from hotshard.routing import RoutingTable
 from hotshard.routing.configmap_store import ConfigMapRoutingStore
-from hotshard.routing.store import StaleTokenError
 from hotshard_operator.children import (
+    Tier,
     base_selector,
     build_children,
     build_first_table,
-    build_stateful_set,
     owner_reference,
-    tier_replicas,
+    shard_ordinal,
 )
-from hotshard_operator.resources import PartitionMapSpec
+from hotshard_operator.resources import PartitionMapSpec, SpecError
 from hotshard_operator.status import (
     Decision,
     HotPartition,
@@ -40,14 +42,40 @@ from hotshard_operator.status import (
     set_condition,
 )
 
-REPLANS = 3
-"""Re-plans after a 409 before giving up for this tick: more means another writer is fighting us."""
+log = logging.getLogger(__name__)
+
+Action = Literal["none", "split", "move", "quarantine", "merge", "scaleDown", "hold"]
+EventReason = Literal["SplitStarted", "SplitCommitted", "SplitRolledBack", "ScaledDown"]
+
+
+@dataclass(frozen=True)
+class FleetRef:
+    """Which PartitionMap this is."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    """One tier's StatefulSet: the replicas asked for (None: it does not exist) and ready pods."""
+
+    replicas: int | None
+    ready: int
 
 
 class Cluster(Protocol):
-    """The Kubernetes calls the reconciler makes."""
+    """The Kubernetes calls the reconciler and the actuator make."""
 
     async def apply(self, manifest: dict[str, Any]) -> None: ...
+
+    async def scale(self, ref: FleetRef, tier: Tier, replicas: int) -> None:
+        """Set one tier's StatefulSet replicas; the StatefulSet removes the highest ordinals."""
+        ...
+
+    async def tier_status(self, ref: FleetRef, tier: Tier) -> TierStatus: ...
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
@@ -63,50 +91,61 @@ class MetricsUnavailableError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class StepResult:
-    """What one step of the control loop saw and did."""
+class Transition:
+    """A change a user cares about, posted as an Event."""
 
-    action: Literal["none", "split", "move", "quarantine", "merge", "scaleDown", "hold"]
-    reason: str
-    hot: list[HotPartition] = field(default_factory=list)
-    table: RoutingTable | None = None
-    """The table committed by this step, or None when the table did not change."""
-    event: Literal["SplitStarted", "SplitCommitted", "SplitRolledBack", "ScaledDown"] | None = None
-    overflow_serving: int = 0
-    """Overflow shards that own partitions after this step; the warm pool is kept on top."""
-
-
-class ControlStep(Protocol):
-    """One detect-plan-act step over the current table.
-
-    Raises :class:`MetricsUnavailableError` when it cannot see, and :class:`StaleTokenError`
-    when its commit lost a race; the caller re-reads and calls again.
-
-    TODO(#5): the production implementation wraps ``hotshard.control.ControlLoop`` (with a
-    ``PrometheusSource`` and an actuator over :class:`ConfigMapRoutingStore`) once it lands.
-    """
-
-    async def step(self, table: RoutingTable, token: str) -> StepResult: ...
+    reason: EventReason
+    message: str
+    warning: bool = False
 
 
 @dataclass(frozen=True)
-class FleetRef:
-    """Which PartitionMap this is."""
+class StepResult:
+    """What one step of the control loop saw and did."""
 
-    name: str
-    namespace: str
-    uid: str
-    generation: int
+    action: Action
+    reason: str
+    hot: list[HotPartition] = field(default_factory=list)
+    table: RoutingTable | None = None
+    """The table in the ConfigMap after the step (None: unknown, keep what status says)."""
+    written: tuple[int, ...] = ()
+    """Routing versions this step wrote to the ConfigMap, in order."""
+    events: tuple[Transition, ...] = ()
+    pending: int = 0
+    """Overflow pods asked for and not ready yet."""
+    draining: int = 0
+    """Overflow pods out of the routing table, waiting to be removed."""
+
+
+class ControlStep(Protocol):
+    """One detect-plan-act step: reads and writes the routing ConfigMap itself.
+
+    Raises :class:`MetricsUnavailableError` when it cannot see, before it changes anything. A
+    lost compare-and-swap (409) is handled inside: re-read, re-plan, never overwrite.
+    """
+
+    async def step(self) -> StepResult: ...
 
 
 def parse_spec(raw: dict[str, Any]) -> tuple[PartitionMapSpec | None, str]:
-    """The spec, or None and a message fit for a condition when it breaks a rule."""
+    """The spec, or None and a message fit for a condition when it breaks a rule.
+
+    The spec must also make an engine configuration: some values pass the CRD's schema and
+    still mean nothing to the engine.
+    """
+    from hotshard_operator.engine_config import to_engine_config
+
     try:
-        return PartitionMapSpec.model_validate(raw), ""
+        spec = PartitionMapSpec.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "spec"
         return None, f"spec.{where}: {first['msg']}. Fix the PartitionMap; nothing was changed."
+    try:
+        to_engine_config(spec)
+    except SpecError as exc:
+        return None, f"spec: {exc}. Fix the PartitionMap; nothing was changed."
+    return spec, ""
 
 
 async def report_invalid_spec(
@@ -124,20 +163,33 @@ def dump_status(status: PartitionMapStatus) -> dict[str, Any]:
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def count_shards(table: RoutingTable, ready: dict[str, int]) -> ShardCounts:
-    """Shards by tier (``ready`` pods per tier) and by state (from the routing table)."""
+def count_shards(table: RoutingTable, ready: dict[str, int], draining: int = 0) -> ShardCounts:
+    """Shards by tier (``ready`` pods per tier) and by state (the table, and the actuator)."""
     owning = set(table.owners())
     for s in table.splits:
         owning.update(s.shards)
-    overflow_in_table = sum(1 for s in table.shards if s.tier == "overflow" and s.name in owning)
     return ShardCounts(
         base=ready.get("base", 0),
         overflow=ready.get("overflow", 0),
         sandbox=ready.get("sandbox", 0),
         serving=len(owning),
-        warm=max(ready.get("overflow", 0) - overflow_in_table, 0),
+        warm=len(PoolState.from_table(table).idle),
+        draining=draining,
         total=sum(ready.values()),
     )
+
+
+def overflow_replicas(spec: PartitionMapSpec, table: RoutingTable, current: int | None) -> int:
+    """Overflow pods to keep on (re)apply: every shard the table lists, and the warm pool.
+
+    Never fewer than the highest listed ordinal + 1 (those pods serve or are warm), and never
+    below what runs now unless that exceeds the maximum: a restarted operator must not shrink
+    a fleet mid-spike. The control loop's actuator adjusts it from there.
+    """
+    listed = [shard_ordinal(s.name) for s in table.shards if s.tier == "overflow"]
+    floor = max(listed, default=-1) + 1
+    wanted = max(current or 0, spec.tiers.overflow.warm)
+    return max(floor, min(wanted, spec.tiers.overflow.maximum))
 
 
 async def ensure_fleet(
@@ -146,11 +198,8 @@ async def ensure_fleet(
     status: PartitionMapStatus,
     cluster: Cluster,
     store: ConfigMapRoutingStore,
-    overflow_serving: int = 0,
 ) -> PartitionMapStatus:
-    """Apply the children and make sure the routing ConfigMap holds a table; patch status."""
-    for manifest in build_children(ref.name, ref.namespace, ref.uid, spec, overflow_serving):
-        await cluster.apply(manifest)
+    """Make sure the routing ConfigMap holds a table, apply the children; patch status."""
     first = build_first_table(ref.name, ref.namespace, spec)
     try:
         await asyncio.to_thread(store.initialize, first, [owner_reference(ref.name, ref.uid)])
@@ -159,6 +208,10 @@ async def ensure_fleet(
         # NB: resume from what is published: the ConfigMap, not memory, is the truth.
         table, _ = await asyncio.to_thread(store.read)
         reason = f"adopted routing table version {table.version} from the ConfigMap"
+    current = (await cluster.tier_status(ref, "overflow")).replicas
+    replicas = overflow_replicas(spec, table, current)
+    for manifest in build_children(ref.name, ref.namespace, ref.uid, spec, replicas):
+        await cluster.apply(manifest)
     conditions = set_condition(
         status.conditions, "Ready", "True", "RoutingPublished", reason, ref.generation
     )
@@ -168,7 +221,10 @@ async def ensure_fleet(
         "Progressing",
         "True" if moving else "False",
         "MigrationInFlight" if moving else "Idle",
-        f"{len(table.migrations)} migration(s) in the table" if moving else "nothing is moving",
+        f"{len(table.migrations)} migration(s) in the table; the next tick resumes or rolls"
+        " them back"
+        if moving
+        else "nothing is moving",
         ref.generation,
     )
     new = status.model_copy(
@@ -183,56 +239,63 @@ async def ensure_fleet(
     return new
 
 
+async def _degrade(
+    ref: FleetRef, status: PartitionMapStatus, cluster: Cluster, reason: str, message: str
+) -> PartitionMapStatus:
+    conditions = set_condition(
+        status.conditions, "Degraded", "True", reason, message, ref.generation
+    )
+    new = status.model_copy(update={"conditions": conditions})
+    await cluster.patch_status(ref.namespace, ref.name, dump_status(new))
+    return new
+
+
+def _progress(result: StepResult) -> tuple[bool, str, str]:
+    """The Progressing condition after a step: status, reason, message."""
+    table = result.table
+    if table is not None and table.migrations:
+        return True, "MigrationInFlight", f"{len(table.migrations)} migration(s) in the table"
+    if result.pending:
+        return True, "WarmingShards", f"{result.pending} overflow shard(s) starting"
+    if result.draining:
+        return True, "DrainingShards", f"{result.draining} overflow shard(s) draining"
+    return False, "Idle", "nothing is moving"
+
+
 async def run_tick(
     ref: FleetRef,
     spec: PartitionMapSpec,
     status: PartitionMapStatus,
     cluster: Cluster,
-    store: ConfigMapRoutingStore,
     control: ControlStep,
     *,
     elapsed_s: float,
 ) -> PartitionMapStatus:
-    """One detection tick: run the control step, act on its result, report it."""
-    result: StepResult | None = None
-    table: RoutingTable | None = None
+    """One detection tick: run the control step, post its Events, report it in status."""
     try:
-        for _ in range(REPLANS):
-            read, token = await asyncio.to_thread(store.read)
-            table = read
-            try:
-                result = await control.step(read, token)
-                break
-            except StaleTokenError:
-                continue  # someone else committed: re-read and re-plan, never overwrite
+        result = await control.step()
     except MetricsUnavailableError as exc:
-        conditions = set_condition(
-            status.conditions,
-            "Degraded",
-            "True",
+        return await _degrade(
+            ref,
+            status,
+            cluster,
             "MetricsUnavailable",
             f"{exc}; holding routing version {status.routing_version}, no reshard until"
             " metrics return.",
-            ref.generation,
         )
-        new = status.model_copy(update={"conditions": conditions})
-        await cluster.patch_status(ref.namespace, ref.name, dump_status(new))
-        return new
-    if result is None:
-        result = StepResult("hold", f"the routing table changed under {REPLANS} plans in a row")
+    except Exception as exc:  # NB: an API error must not end the daemon; the next tick retries.
+        log.exception("control step of %s/%s failed", ref.namespace, ref.name)
+        return await _degrade(
+            ref, status, cluster, "TickFailed", f"the control step failed: {exc!r}"[:1024]
+        )
 
-    committed = result.table
-    if committed is not None:
-        replicas = tier_replicas(spec, "overflow", result.overflow_serving)
-        sts = build_stateful_set(ref.name, ref.namespace, ref.uid, spec, "overflow", replicas)
-        await cluster.apply(sts)
-    if result.event is not None:
-        kind = "Warning" if result.event == "SplitRolledBack" else "Normal"
-        await cluster.post_event(ref, kind, result.event, result.reason)
+    for event in result.events:
+        kind = "Warning" if event.warning else "Normal"
+        await cluster.post_event(ref, kind, event.reason, event.message)
 
-    latest = committed or table
     ready = await cluster.ready_shards(ref)
-    shards = count_shards(latest, ready) if latest is not None else status.shards
+    table = result.table
+    shards = count_shards(table, ready, result.draining) if table is not None else status.shards
     extra_shards = shards.total - spec.tiers.base.replicas - spec.tiers.sandbox.replicas
     cost = (
         status.cost_so_far + max(extra_shards, 0) * spec.budget.shard_hour_cost * elapsed_s / 3600
@@ -240,25 +303,19 @@ async def run_tick(
     conditions = set_condition(
         status.conditions, "Degraded", "False", "MetricsFresh", "metrics are fresh", ref.generation
     )
-    moving = committed is not None and bool(committed.migrations)
-    if committed is not None or result.action == "none":
-        conditions = set_condition(
-            conditions,
-            "Progressing",
-            "True" if moving else "False",
-            "MigrationInFlight" if moving else "Idle",
-            result.reason,
-            ref.generation,
-        )
+    moving, why, message = _progress(result)
+    conditions = set_condition(
+        conditions, "Progressing", "True" if moving else "False", why, message, ref.generation
+    )
     decision = Decision(
         action=result.action,
-        reason=result.reason,
+        reason=result.reason[:1024],
         time=now_rfc3339(),
-        routing_version=committed.version if committed else 0,
+        routing_version=result.written[-1] if result.written else 0,
     )
     new = status.model_copy(
         update={
-            "routing_version": committed.version if committed else status.routing_version,
+            "routing_version": table.version if table is not None else status.routing_version,
             "shards": shards,
             "hot_partitions": result.hot,
             "hot_partition_count": len(result.hot),

@@ -292,32 +292,4 @@ def routing_config_map_name(name: str, spec: PartitionMapSpec) -> str:
     return spec.routing.config_map_name or f"{name}-routing"
 
 
-EngineOptions = dict[str, float | int | bool | dict[str, float]]
-
-
-def to_engine_options(spec: PartitionMapSpec) -> EngineOptions:
-    """The spec's fields that the shared engine reads, under the engine's own names.
-
-    TODO(#5): return `hotshard.engine.EngineConfig(**options)` once the engine lands; the
-    keys here are the contract the engine's config is expected to accept.
-    """
-    d = spec.detection
-    return {
-        "partitions": spec.virtual_partitions,
-        "interval_s": d.interval,
-        "window_s": d.window,
-        "hot_factor": d.factor,
-        "rate_floor": d.floor,
-        "sustain_ticks": d.sustain,
-        "weights": d.weights.model_dump(),
-        "predict": spec.prediction.enabled,
-        "horizon_s": spec.prediction.horizon,
-        "cooldown_s": spec.scale_down.cooldown,
-        "max_shards": spec.budget.max_shards,
-        "shard_hour_cost": spec.budget.shard_hour_cost,
-        "warm_pool": spec.tiers.overflow.warm,
-        "overflow_max": spec.tiers.overflow.maximum,
-    }
-
-
 Signal = Literal["rate", "cpu", "memory", "latency", "forecast", "calendar"]

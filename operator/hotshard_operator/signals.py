@@ -1,68 +1,118 @@
-"""The operator's view of Prometheus, and the control step it runs until the shared loop lands.
+"""The operator's view of Prometheus: one fleet's series, how fresh they are, shard versions.
 
-Prometheus is queried with plain ``httpx`` on the event loop rather than
-prometheus-api-client in an executor: the operator needs two instant queries per tick, httpx
-is natively async with per-request timeouts, and a thread per query would cap how many
-PartitionMaps one operator can tick each second.
+The metrics themselves come from the shared :class:`~hotshard.control.prometheus.
+PrometheusSource` (the same PromQL local mode runs), scoped to one PartitionMap by the bidders'
+own ``shard`` label: a shard is named after its pod, ``<map>-<tier>-<ordinal>``, so the scope
+works whatever relabelling the scrape configuration does or does not do.
 
-:class:`FailStaticStep` is the production :class:`~hotshard_operator.reconcile.ControlStep`
-for now: it proves the metrics are reachable and fresh (raising
-:class:`~hotshard_operator.reconcile.MetricsUnavailableError` otherwise, which holds the table)
-and decides nothing. TODO(#5): replace its body with one ``hotshard.control.ControlLoop``
-step (PrometheusSource + engine + an actuator over the ConfigMap store) once that lands.
+Two things are added here for the operator:
+
+* :class:`FreshnessGate` observes *before* the control loop touches anything, and raises
+  :class:`~hotshard_operator.reconcile.MetricsUnavailableError` (which becomes
+  ``Degraded=True``) when Prometheus is unreachable, has no samples for the fleet, or its newest
+  sample is older than ``metrics.staleAfter``. The loop then reuses the same observation, so a
+  tick costs one round of queries.
+* :class:`PrometheusVersions` reads ``hotshard_bidder_routing_version`` per shard, which the
+  control loop waits on between the prepare and commit tables, and the actuator uses to tell
+  a running pod from one still starting.
+
+NB: the queries run on kopf's event loop through aiohttp (natively async, a timeout per query)
+rather than prometheus-api-client, which is synchronous and would need a worker thread per
+query: that would cap how many PartitionMaps one operator ticks a second and slow shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
-import httpx
+from hotshard.control.prometheus import PrometheusSource, QueryError, matchers, vector_by
+from hotshard.engine.model import Observation
+from hotshard_operator.children import TIERS
+from hotshard_operator.reconcile import MetricsUnavailableError
 
-from hotshard.routing import RoutingTable
-from hotshard_operator.reconcile import MetricsUnavailableError, StepResult
-from hotshard_operator.resources import PartitionMapSpec
-
-QUERY_TIMEOUT_S = 0.5
-"""Half of the default 1 s tick: a slower Prometheus is treated as unavailable, not waited on."""
-
-
-async def newest_sample_age(http: httpx.AsyncClient, base_url: str, selector: str) -> float:
-    """Seconds since the newest ``up`` sample of the fleet's pods was scraped."""
-    query = f"time() - max(timestamp(up{{{selector}}}))"
-    try:
-        reply = await http.get(
-            f"{base_url.rstrip('/')}/api/v1/query",
-            params={"query": query},
-            timeout=QUERY_TIMEOUT_S,
-        )
-        reply.raise_for_status()
-        result = reply.json()["data"]["result"]
-    except (httpx.HTTPError, KeyError, ValueError) as exc:
-        raise MetricsUnavailableError(f"Prometheus at {base_url} is unreachable: {exc}") from exc
-    if not result:
-        raise MetricsUnavailableError(
-            f"Prometheus at {base_url} has no samples for {{{selector}}}; is it scraping the"
-            " bidders?"
-        )
-    return float(result[0]["value"][1])
+VERSION_QUERY_GAP_S = 0.5
+"""At most two version queries a second: Prometheus scrapes each second, so more see nothing
+new, while the loop polls every 50 ms while it waits on a prepare table."""
 
 
-class FailStaticStep:
-    """Checks that metrics are fresh, then holds: the seam for the shared control loop."""
+def shard_scope(pmap: str) -> str:
+    """The label matcher of one PartitionMap's shards: ``shard=~"<map>-(base|...)-[0-9]+"``."""
+    name = pmap.replace(".", "[.]")  # NB: names may hold dots; RE2 would read them as any char
+    return f'shard=~"{name}-({"|".join(TIERS)})-[0-9]+"'
 
-    def __init__(self, http: httpx.AsyncClient, spec: PartitionMapSpec, pmap: str) -> None:
-        self.http = http
-        self.spec = spec
-        self.selector = f'app_kubernetes_io_instance="{pmap}"'
-        self.last_checked = 0.0
 
-    async def step(self, table: RoutingTable, token: str) -> StepResult:
-        url = self.spec.metrics.prometheus_url
-        age = await newest_sample_age(self.http, url, self.selector)
-        self.last_checked = time.monotonic()
-        if age > self.spec.metrics.stale_after:
+class ObservingSource(Protocol):
+    async def observe(self, now: float) -> Observation: ...
+
+    async def aclose(self) -> None: ...
+
+
+class FreshnessGate:
+    """A :class:`~hotshard.control.sources.MetricsSource` that refuses to go on blind."""
+
+    def __init__(self, source: ObservingSource, stale_after_s: float, where: str) -> None:
+        self.source = source
+        self.stale_after_s = stale_after_s
+        self.where = where
+        self._checked: tuple[float, Observation] | None = None
+
+    async def check(self, now: float) -> Observation:
+        """Observe; raise :class:`MetricsUnavailableError` unless the data is fresh."""
+        observation = await self.source.observe(now)
+        age = observation.age_seconds
+        if math.isinf(age):
+            error = getattr(self.source, "last_error", None)
             raise MetricsUnavailableError(
-                f"the newest sample in Prometheus at {url} is {age:.1f}s old,"
-                f" older than metrics.staleAfter ({self.spec.metrics.stale_after:g}s)"
+                error
+                or f"Prometheus at {self.where} has no samples of this fleet's bidders; is it"
+                " scraping them?"
             )
-        return StepResult("none", "metrics are fresh; the shared control loop is not wired yet")
+        if age > self.stale_after_s:
+            raise MetricsUnavailableError(
+                f"the newest sample in Prometheus at {self.where} is {age:.1f}s old, older than"
+                f" metrics.staleAfter ({self.stale_after_s:g}s)"
+            )
+        self._checked = (now, observation)
+        return observation
+
+    async def observe(self, now: float) -> Observation:
+        """The observation :meth:`check` made for ``now``, else a new one."""
+        if self._checked is not None and self._checked[0] == now:
+            observation = self._checked[1]
+            self._checked = None
+            return observation
+        return await self.source.observe(now)
+
+    async def aclose(self) -> None:
+        await self.source.aclose()
+
+
+class PrometheusVersions:
+    """:class:`~hotshard_operator.actuator.VersionReader` over a PrometheusSource's client."""
+
+    def __init__(self, source: PrometheusSource, scope: str) -> None:
+        self.source = source
+        self.scope = scope
+        self._last = -math.inf
+
+    async def versions(self, shards: Iterable[str]) -> Mapping[str, int]:
+        names = sorted(set(shards))
+        if not names:
+            return {}
+        wait = self._last + VERSION_QUERY_GAP_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last = time.monotonic()
+        pattern = "|".join(n.replace(".", "[.]") for n in names)
+        selector = matchers(self.scope, f'shard=~"{pattern}"')
+        try:
+            result: Any = await self.source.query(
+                f"max by (shard) (hotshard_bidder_routing_version{selector})"
+            )
+        except QueryError:
+            return {}  # NB: no answer is "not there yet"; the loop's own timeout bounds the wait
+        return {shard: int(v) for shard, v in vector_by(result, "shard").items() if v >= 1}

@@ -1,7 +1,8 @@
 """The reconciler against a fake cluster, a fake ConfigMap API and a scripted control step.
 
 These exercise the domain module the kopf handlers delegate to; the handlers themselves only
-register (see ``test_operator_handlers.py``).
+register (see ``test_operator_handlers.py``). The control step itself, with the real engine and
+control loop, is tested in ``test_operator_loopstep.py``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from typing import Any
 import pytest
 from test_operator_configmap_store import FakeCoreV1  # pytest puts tests/unit on the path
 
-from hotshard.routing import RoutingTable
+from hotshard.routing import RoutingTable, Shard
 from hotshard.routing.configmap_store import ConfigMapRoutingStore
-from hotshard.routing.store import StaleTokenError
+from hotshard_operator.children import Tier
 from hotshard_operator.reconcile import (
     FleetRef,
     MetricsUnavailableError,
     StepResult,
+    TierStatus,
+    Transition,
     ensure_fleet,
+    overflow_replicas,
     parse_spec,
     report_invalid_spec,
     run_tick,
@@ -35,9 +39,16 @@ class FakeCluster:
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
         self.ready = {"base": 2, "overflow": 2, "sandbox": 1}
+        self.overflow: int | None = None
 
     async def apply(self, manifest: dict[str, Any]) -> None:
         self.applied.append(manifest)
+
+    async def scale(self, ref: FleetRef, tier: Tier, replicas: int) -> None:
+        raise AssertionError("the reconciler never scales; the actuator does")
+
+    async def tier_status(self, ref: FleetRef, tier: Tier) -> TierStatus:
+        return TierStatus(replicas=self.overflow, ready=self.overflow or 0)
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.statuses.append(status)
@@ -54,10 +65,8 @@ class ScriptedStep:
 
     def __init__(self, *script: StepResult | Exception) -> None:
         self.script = list(script)
-        self.seen_versions: list[int] = []
 
-    async def step(self, table: RoutingTable, token: str) -> StepResult:
-        self.seen_versions.append(table.version)
+    async def step(self) -> StepResult:
         outcome = self.script.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
@@ -72,6 +81,11 @@ SPEC = PartitionMapSpec.model_validate(
         "budget": {"shardHourCost": 3.6},
     }
 )
+
+
+FIRST_TABLE_JSON = RoutingTable.even(
+    [Shard(name="fleet-base-0", url="http://fleet-base-0:9100")], partitions=8
+).to_json()
 
 
 @pytest.fixture
@@ -126,50 +140,82 @@ async def test_resume_adopts_the_published_table_instead_of_overwriting(
     assert ready.message == "adopted routing table version 7 from the ConfigMap"
 
 
-async def test_a_hot_signal_commits_reports_and_posts_an_event(
+async def test_a_step_result_becomes_status_events_and_cost(
     store: ConfigMapRoutingStore,
 ) -> None:
     cluster = FakeCluster()
     status = await ensure_fleet(REF, SPEC, PartitionMapStatus(), cluster, store)
     table, _ = store.read()
     hot = [HotPartition(partition=2, reason="rate", score=41.5, shards=["fleet-base-0"])]
-    committed = table.with_owners(table.owners(), version=2)
+    committed = table.with_owners(table.owners(), version=4)
     step = ScriptedStep(
         StepResult(
             "split",
             "partition 2 runs at 41.5x its baseline",
             hot=hot,
             table=committed,
-            event="SplitCommitted",
-            overflow_serving=2,
+            written=(2, 3, 4),
+            events=(
+                Transition("SplitStarted", "v2: split partition 2"),
+                Transition("SplitCommitted", "v3: split partition 2"),
+            ),
+            pending=1,
+            draining=2,
         )
     )
-    status = await run_tick(REF, SPEC, status, cluster, store, step, elapsed_s=1.0)
-    assert status.routing_version == 2
+    status = await run_tick(REF, SPEC, status, cluster, step, elapsed_s=1.0)
+    assert status.routing_version == 4
     assert status.hot_partition_count == 1
     assert status.last_decision is not None
-    assert status.last_decision.action == "split"
-    reason = "partition 2 runs at 41.5x its baseline"
-    assert cluster.events == [("Normal", "SplitCommitted", reason)]
-    # Overflow scaled to serving + warm = 4, below its maximum of 6.
-    assert cluster.applied[-1]["metadata"]["name"] == "fleet-overflow"
-    assert cluster.applied[-1]["spec"]["replicas"] == 4
+    assert (status.last_decision.action, status.last_decision.routing_version) == ("split", 4)
+    assert cluster.events == [
+        ("Normal", "SplitStarted", "v2: split partition 2"),
+        ("Normal", "SplitCommitted", "v3: split partition 2"),
+    ]
     # 5 ready shards, 3 of them base+sandbox: 2 extra shards for 1 s at 3.6/h = 0.002.
     assert status.cost_so_far == pytest.approx(0.002)
-    assert cluster.statuses[-1]["shards"]["total"] == 5
+    shards = cluster.statuses[-1]["shards"]
+    assert (shards["total"], shards["draining"], shards["serving"]) == (5, 2, 2)
     assert cluster.statuses[-1]["hotPartitions"][0]["score"] == 41.5
+    progressing = find_condition(status.conditions, "Progressing")
+    assert progressing is not None
+    assert (progressing.status, progressing.reason) == ("True", "WarmingShards")
 
 
-async def test_a_conflict_is_re_planned_on_a_fresh_read(store: ConfigMapRoutingStore) -> None:
+async def test_a_rolled_back_split_is_a_warning_event(store: ConfigMapRoutingStore) -> None:
     cluster = FakeCluster()
     status = await ensure_fleet(REF, SPEC, PartitionMapStatus(), cluster, store)
+    event = Transition("SplitRolledBack", "v3: rolled back", warning=True)
+    step = ScriptedStep(StepResult("hold", "v3: rolled back", events=(event,)))
+    status = await run_tick(REF, SPEC, status, cluster, step, elapsed_s=1.0)
+    assert cluster.events == [("Warning", "SplitRolledBack", "v3: rolled back")]
+    assert status.routing_version == 1  # no table in the result: status keeps what it had
+
+
+async def test_a_restart_keeps_every_overflow_shard_the_table_lists(
+    store: ConfigMapRoutingStore,
+) -> None:
+    cluster = FakeCluster()
+    await ensure_fleet(REF, SPEC, PartitionMapStatus(), cluster, store)
     table, token = store.read()
-    store.replace(table.with_owners(table.owners(), version=5), token)  # another writer
-    step = ScriptedStep(StaleTokenError("lost the race"), StepResult("none", "all partitions calm"))
-    status = await run_tick(REF, SPEC, status, cluster, store, step, elapsed_s=1.0)
-    assert step.seen_versions == [5, 5]
-    assert store.read()[0].version == 5  # nothing overwritten
-    assert status.last_decision is None
+    data = table.model_dump()
+    data["version"] = 2
+    data["shards"] = [
+        *data["shards"],
+        {"name": "fleet-overflow-4", "tier": "overflow", "url": "http://fleet-overflow-4:9100"},
+    ]
+    store.replace(RoutingTable.model_validate(data), token)
+    restarted = FakeCluster()
+    restarted.overflow = 3  # the StatefulSet was shrunk under a listed shard
+    await ensure_fleet(REF, SPEC, PartitionMapStatus(), restarted, store)
+    sets = {m["metadata"]["name"]: m for m in restarted.applied if m["kind"] == "StatefulSet"}
+    assert sets["fleet-overflow"]["spec"]["replicas"] == 5  # ordinal 4 must have its pod
+
+
+def test_overflow_replicas_keep_what_runs_within_the_maximum() -> None:
+    table = RoutingTable.model_validate_json(FIRST_TABLE_JSON)
+    # Nothing listed: the warm pool (2), or what runs now, capped at the maximum (6).
+    assert [overflow_replicas(SPEC, table, n) for n in (None, 0, 4, 9)] == [2, 2, 4, 6]
 
 
 async def test_prometheus_down_degrades_and_changes_nothing(
@@ -180,7 +226,7 @@ async def test_prometheus_down_degrades_and_changes_nothing(
     before = dict(api.objects["fleet-routing"])
     applied = len(cluster.applied)
     step = ScriptedStep(MetricsUnavailableError("Prometheus at http://prom:9090 is unreachable"))
-    status = await run_tick(REF, SPEC, status, cluster, store, step, elapsed_s=1.0)
+    status = await run_tick(REF, SPEC, status, cluster, step, elapsed_s=1.0)
     degraded = find_condition(status.conditions, "Degraded")
     assert degraded is not None
     assert (degraded.status, degraded.reason) == ("True", "MetricsUnavailable")
@@ -196,6 +242,12 @@ async def test_an_invalid_spec_becomes_a_condition_not_a_crash() -> None:
     )
     assert spec is None
     assert "warm must not exceed maximum" in message
+    spec, message = parse_spec({"bidder": {"image": "x"}, "detection": {"factor": 1}})
+    assert spec is None
+    assert message == (
+        "spec: detection.factor must be above 1: at 1 every partition is hot. Fix the"
+        " PartitionMap; nothing was changed."
+    )
     cluster = FakeCluster()
     await report_invalid_spec(REF, PartitionMapStatus(), message, cluster)
     (cond,) = cluster.statuses[-1]["conditions"]

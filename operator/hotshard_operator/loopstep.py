@@ -1,0 +1,259 @@
+"""The operator's control step: the shared control loop, over the ConfigMap and the cluster.
+
+:class:`LoopStep` is the production :class:`~hotshard_operator.reconcile.ControlStep`. Each
+step:
+
+1. checks that the fleet's metrics are fresh (:class:`~hotshard_operator.signals.
+   FreshnessGate`); if not, it raises before anything is read or written (fail static);
+2. settles a hand-over a previous operator left half-done, from the ConfigMap alone: a table
+   in phase *commit* already has its new owners serving, so it is finished (the migrations
+   are dropped, one version up); a table in phase *prepare* is rolled back with
+   :func:`hotshard.routing.migration.rollback`, because nobody can vouch that its new owners
+   warmed up. Both are compare-and-swap writes;
+3. runs one :meth:`hotshard.control.loop.ControlLoop.tick`, the loop local mode runs, with the
+   engine configured from the spec, the routing store on the ConfigMap (a 409 re-reads and
+   re-plans inside the loop) and the :class:`~hotshard_operator.actuator.KubernetesActuator`;
+4. turns the loop's timeline entries and the actuator's removals into Events and a
+   :class:`~hotshard_operator.reconcile.StepResult` for status.
+
+The loop and its engine live as long as the PartitionMap's daemon (the engine's baselines are
+its memory); a new spec generation builds a new step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from hotshard.control.loop import ControlLoop, LoopSettings
+from hotshard.control.prometheus import PrometheusSource
+from hotshard.control.timeline import Entry
+from hotshard.engine import Engine
+from hotshard.engine.model import Decision, HotSpot
+from hotshard.routing import MigrationPhase, RoutingTable
+from hotshard.routing.configmap_store import ConfigMapRoutingStore
+from hotshard.routing.migration import rollback
+from hotshard.routing.store import RoutingStore, StaleTokenError
+from hotshard.routing.table import RoutingSnapshot
+from hotshard_operator.actuator import KubernetesActuator, VersionReader
+from hotshard_operator.engine_config import to_engine_config
+from hotshard_operator.reconcile import Action, Cluster, FleetRef, StepResult, Transition
+from hotshard_operator.resources import PartitionMapSpec
+from hotshard_operator.signals import (
+    FreshnessGate,
+    ObservingSource,
+    PrometheusVersions,
+    shard_scope,
+)
+from hotshard_operator.status import HotPartition
+
+PREPARE_TIMEOUT_S = 3.0
+"""Longest wait for new owners to run the prepare table: a watch delivers the ConfigMap in
+well under a second, and Prometheus needs up to one 1 s scrape plus a query to show it."""
+SETTLE_ATTEMPTS = 3
+"""Compare-and-swap attempts to settle a half-done hand-over before leaving it to next tick."""
+GROWING = ("split", "migrate", "quarantine", "claim_shard")
+"""Action kinds that give a hot spot room: their hand-over is a split in the Events."""
+STATUS_ACTION: dict[str, Action] = {
+    "split": "split",
+    "migrate": "move",
+    "quarantine": "quarantine",
+    "merge": "merge",
+    "release_shard": "scaleDown",
+}
+"""The engine's action kinds as status reports them, in order of precedence."""
+
+
+def describe_migrations(table: RoutingTable, limit: int = 4) -> str:
+    """``partition 5 (a -> b, c)`` for the first few migrations of a table."""
+    parts = []
+    for m in table.migrations[:limit]:
+        what = f"partition {m.partition}" + (f"/{m.campaign}" if m.campaign else "")
+        parts.append(f"{what} ({', '.join(m.source)} -> {', '.join(m.target)})")
+    more = len(table.migrations) - limit
+    return "; ".join(parts) + (f" and {more} more" if more > 0 else "")
+
+
+def finish(table: RoutingTable) -> RoutingTable:
+    """The final table of a hand-over in phase commit: same routes, no migrations."""
+    data = table.model_dump()
+    data["version"] = table.version + 1
+    data["migrations"] = []
+    return RoutingTable.model_validate(data)
+
+
+def hot_partitions(hot: Sequence[HotSpot], table: RoutingTable) -> list[HotPartition]:
+    """The engine's hot spots per partition, hottest first, with the shards serving them."""
+    snapshot = RoutingSnapshot(table)
+    best: dict[int, HotSpot] = {}
+    for spot in hot:
+        have = best.get(spot.partition)
+        if have is None or spot.score > have.score:
+            best[spot.partition] = spot
+    out = [
+        HotPartition(
+            partition=p,
+            reason="cpu" if spot.signal == "cpu_per_request" else spot.signal,
+            score=round(spot.score, 3) if math.isfinite(spot.score) and spot.score > 0 else 0.0,
+            shards=list(snapshot.shards_for(p)),
+        )
+        for p, spot in best.items()
+        if p < table.partitions
+    ]
+    return sorted(out, key=lambda h: -h.score)[:1000]
+
+
+def entry_kinds(entry: Entry) -> set[str]:
+    return {a.split(":", 1)[0] for a in entry.actions}
+
+
+def handover_events(entries: Sequence[Entry]) -> list[Transition]:
+    """Events for the hand-overs the loop wrote: a split starts at prepare and commits at commit.
+
+    A hand-over that only merges is a scale-down: it is posted once, when it commits.
+    """
+    events = []
+    for entry in entries:
+        growing = bool(entry_kinds(entry) & set(GROWING))
+        if entry.kind == "prepare" and growing:
+            events.append(Transition("SplitStarted", entry.reason))
+        elif entry.kind == "commit":
+            events.append(Transition("SplitCommitted" if growing else "ScaledDown", entry.reason))
+    return events
+
+
+def status_action(decision: Decision, entries: Sequence[Entry]) -> Action:
+    """What status says was decided: the route change written, a hold, or nothing."""
+    kinds = {a.kind for a in decision.actions}
+    if any(e.kind == "final" for e in entries):
+        for kind, action in STATUS_ACTION.items():
+            if kind in kinds:
+                return action
+        return "move"
+    if decision.table is not None:
+        return "hold"  # the engine wanted a change that was not written (conflicts, stale)
+    return "none"
+
+
+class LoopStep:
+    """One PartitionMap's control loop, as the reconciler's ControlStep."""
+
+    def __init__(
+        self,
+        ref: FleetRef,
+        spec: PartitionMapSpec,
+        cluster: Cluster,
+        store: RoutingStore,
+        source: ObservingSource,
+        versions: VersionReader,
+        *,
+        clock: Callable[[], float] = time.time,
+        actuator: KubernetesActuator | None = None,
+    ) -> None:
+        self.ref = ref
+        self.store = store
+        self.clock = clock
+        self.gate = FreshnessGate(source, spec.metrics.stale_after, spec.metrics.prometheus_url)
+        self.actuator = actuator or KubernetesActuator(ref, spec, cluster, versions)
+        settings = LoopSettings(
+            interval_s=spec.detection.interval,
+            prepare_timeout_s=PREPARE_TIMEOUT_S,
+            stale_after_s=spec.metrics.stale_after,
+        )
+        engine = Engine(to_engine_config(spec))
+        self.loop = ControlLoop(engine, self.gate, store, self.actuator, settings)
+
+    async def _read(self) -> tuple[RoutingTable, str]:
+        return await asyncio.to_thread(self.store.read)
+
+    async def settle_handover(self) -> tuple[Transition, int] | None:
+        """Finish (phase commit) or roll back (phase prepare) a hand-over found in the table.
+
+        Returns the Event to post and the version written, or None when there was nothing to
+        settle (or another writer kept winning; the next tick looks again).
+        """
+        for _ in range(SETTLE_ATTEMPTS):
+            table, token = await self._read()
+            if not table.migrations:
+                return None
+            what = describe_migrations(table)
+            if all(m.phase is MigrationPhase.COMMIT for m in table.migrations):
+                new = finish(table)
+                event = Transition(
+                    "SplitCommitted",
+                    f"v{new.version}: finished the hand-over left in phase commit at"
+                    f" v{table.version}; the new owners already served: {what}",
+                )
+            else:
+                new = rollback(table)
+                event = Transition(
+                    "SplitRolledBack",
+                    f"v{new.version}: rolled back the hand-over left in phase prepare at"
+                    f" v{table.version}; the old owners serve again: {what}",
+                    warning=True,
+                )
+            try:
+                await asyncio.to_thread(self.store.replace, new, token)
+            except StaleTokenError:
+                continue  # another writer moved first: look again at what it left
+            return event, new.version
+        return None
+
+    def _take_removed(self) -> Transition | None:
+        removed, self.actuator.removed[:] = list(self.actuator.removed), []
+        if not removed:
+            return None
+        return Transition(
+            "ScaledDown",
+            f"removed drained overflow shard(s) {', '.join(removed)} from the top of the"
+            " StatefulSet",
+        )
+
+    async def step(self) -> StepResult:
+        now = self.clock()
+        await self.gate.check(now)
+        settled = await self.settle_handover()
+        mark = len(self.loop.timeline)
+        tick = await self.loop.tick(now)
+        entries = self.loop.timeline.entries[mark:]
+        events = [settled[0]] if settled else []
+        events += handover_events(entries)
+        shrunk = self._take_removed()
+        events += [shrunk] if shrunk else []
+        action, reason = status_action(tick.decision, entries), tick.decision.reason
+        conflicts = [e for e in entries if e.kind == "conflict"]
+        if action == "hold" and conflicts:
+            reason = f"{conflicts[-1].reason}; the next tick plans on the new table"
+        elif action == "none" and settled is not None:
+            rolled_back = settled[0].reason == "SplitRolledBack"
+            action, reason = ("hold" if rolled_back else "move"), settled[0].message
+        elif action == "none" and shrunk is not None:
+            action, reason = "scaleDown", shrunk.message
+        written = ([settled[1]] if settled else []) + [
+            e.version for e in entries if e.version is not None
+        ]
+        table, _ = await self._read()
+        return StepResult(
+            action=action,
+            reason=reason,
+            hot=hot_partitions(tick.decision.hot, table),
+            table=table,
+            written=tuple(written),
+            events=tuple(events),
+            pending=self.actuator.pending,
+            draining=len(self.actuator.draining),
+        )
+
+    async def aclose(self) -> None:
+        await self.gate.aclose()
+
+
+def build_loop_step(
+    ref: FleetRef, spec: PartitionMapSpec, cluster: Cluster, store: ConfigMapRoutingStore
+) -> LoopStep:
+    """The production step: Prometheus scoped to this map's shards, versions from Prometheus."""
+    scope = shard_scope(ref.name)
+    source = PrometheusSource(spec.metrics.prometheus_url, scope=scope)
+    return LoopStep(ref, spec, cluster, store, source, PrometheusVersions(source, scope))
