@@ -23,7 +23,9 @@ from kubernetes.client.exceptions import ApiException
 from .conftest import REPO, Cluster
 
 # HOTSHARD_E2E_CRD points the tests at a candidate CRD file instead of the committed one.
-CRD_PATH = Path(os.environ.get("HOTSHARD_E2E_CRD", REPO / "crds" / "partitionmaps.hotshard.io.yaml"))
+CRD_PATH = Path(
+    os.environ.get("HOTSHARD_E2E_CRD", REPO / "crds" / "partitionmaps.hotshard.io.yaml")
+)
 GROUP, VERSION, PLURAL = "hotshard.io", "v1alpha1", "partitionmaps"
 
 pytestmark = pytest.mark.skipif(not CRD_PATH.exists(), reason=f"{CRD_PATH} not generated yet")
