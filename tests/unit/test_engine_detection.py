@@ -126,16 +126,25 @@ def test_resource_hot_spot_cpu_per_request_x100_at_a_flat_rate() -> None:
         run(engine, table, t, flat())
     costly = flat() | {9: PartitionLoad(rate=15.0, cpu=15.0 * 0.0005 * 100, latency=0.01)}
     campaigns = [CampaignLoad("greedy", 9, rate=12.0, cpu=0.74)]
-    run(engine, table, 30, costly, campaigns)
+    first = run(engine, table, 30, costly, campaigns)
     decision = run(engine, table, 31, costly, campaigns)
     assert [(h.partition, h.signal) for h in decision.hot] == [(9, "cpu_per_request")]
     # 100x over a baseline nudged once, by 0.02/31 of the jump, in the first over bucket.
     assert decision.hot[0].score == pytest.approx(100 / (1 + 99 * 0.02 / 31), rel=1e-6)
     # "greedy" does not hash to partition 9, so its report is dropped: the hot spot stays
-    # partition-wide, and a partition at 75% of a core is split over two shards.
+    # partition-wide. 100x is a surge, hot at once, and base-0 is at 86% in that first bucket,
+    # so the engine acts on it: a partition at 75% of a core is split over two warm shards.
     assert decision.hot[0].campaign is None
     assert "cpu per request 0.05 cpu-s/req against a baseline of 0.0005" in decision.hot[0].reason
-    assert [a.kind for a in decision.actions if a.kind != "refill_pool"] == ["split"]
+    assert [(a.kind, a.target) for a in first.actions if a.kind != "refill_pool"] == [
+        ("claim_shard", ("overflow-0",)),
+        ("claim_shard", ("overflow-1",)),
+        ("split", ("overflow-0", "overflow-1")),
+    ]
+    # This test never applies the table, so base-0 is still over target a second later: the
+    # split settles, and its neighbours are not moved for a load that is already leaving.
+    assert decision.actions == ()
+    assert any("its neighbours stay" in n for n in decision.notes)
 
 
 def test_campaign_that_carries_the_partition_is_the_hot_spot_and_is_quarantined() -> None:

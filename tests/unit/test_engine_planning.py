@@ -128,29 +128,86 @@ def test_a_campaign_hotter_than_a_shard_is_split_k_ways() -> None:
     assert lease_budget(1_000_000_000, 3) == [333_333_334, 333_333_333, 333_333_333]
 
 
-def test_a_hot_partition_moves_to_the_least_loaded_shard_that_fits() -> None:
+def test_a_hot_partition_goes_to_warm_shards_not_to_a_base_shard_with_room() -> None:
     drv = Driver(engine(), fleet())
     rates = [10.0] * V
-    rates[16:32] = [5.0] * 16  # base-1 is the least loaded
+    rates[16:32] = [5.0] * 16  # base-1 is the least loaded, and had room for it
     for _ in range(10):
         drv.step(loads(rates))
-    rates[3] = 1300.0  # base-0 reaches 1450 req/s, 72%: over target; 1300 fits on base-1
-    drv.step(loads(rates))
+    rates[3] = 1300.0  # base-0 reaches 1450 req/s, 72%: over target in this very bucket
     decision = drv.step(loads(rates))
     moves = [(a.kind, a.partition, a.source, a.target) for a in decision.actions]
-    assert moves == [("migrate", 3, ("base-0",), ("base-1",))]
-    assert drv.table.owners()[3] == "base-1"
+    # Hot load goes to the overflow tier. 1300 req/s rising 130x in a second is sized for a
+    # doubling, 2600 req/s: ceil(1.3 / 0.7) = 2 warm shards at 65% (32% today) each.
+    assert moves == [
+        ("claim_shard", None, (), ("overflow-0",)),
+        ("claim_shard", None, (), ("overflow-1",)),
+        ("split", 3, ("base-0",), ("overflow-0", "overflow-1")),
+    ]
+    assert "sized for 2x" in decision.actions[-1].reason
+    assert drv.table.owners()[16:32] == ["base-1"] * 16
+    after = model_shard_loads(drv.table, loads(rates))
+    assert after["base-1"].rate == 80.0
+    assert after["overflow-0"].rate == after["overflow-1"].rate == 650.0
 
 
-def test_a_warm_shard_is_claimed_when_no_serving_shard_fits() -> None:
+def test_a_rising_surge_leaves_its_base_shard_before_it_fills_it() -> None:
+    drv = Driver(engine(), fleet())
+    rates = [10.0] * V
+    for _ in range(10):
+        drv.step(loads(rates))
+    rates[3] = 600.0  # base-0 at 37%: room enough today, but 60x in one second is a surge
+    decision = drv.step(loads(rates))
+    moves = [(a.kind, a.partition, a.target) for a in decision.actions]
+    # Sized for 1200 req/s, 60% of one shard: one warm shard, claimed lowest ordinal first.
+    assert moves == [("claim_shard", None, ("overflow-0",)), ("migrate", 3, ("overflow-0",))]
+    assert "a rising surge leaves base-0 before it fills it" in decision.actions[1].reason
+    # The same surge a second time, within a cooldown of being sent home, stays where it has
+    # room: isolation is for onsets, and a merge is never undone by the next noisy second.
+    eng = engine(cooldown_seconds=60)
+    drv = Driver(eng, fleet())
+    for _ in range(10):
+        drv.step(loads(10.0))
+    eng.memory.merged_at[(3, None)] = drv.t - 1
+    assert not [a for a in drv.step(loads(rates)).actions if a.kind in ROUTE_CHANGES]
+
+
+def test_a_rising_partition_is_split_over_warm_shards_sized_for_its_growth() -> None:
     drv = Driver(engine(), fleet())
     for _ in range(10):
         drv.step(loads(60.0))  # 960 req/s per base shard: 48%
     rates = [60.0] * V
-    rates[20] = 1200.0  # 60%: fits no base shard at 48%, fits an empty overflow shard
+    rates[20] = 1200.0  # 60% of a shard today, rising 20x: planned as 2400, two shards
     decision = drv.step(loads(rates))  # 20x is a surge: planned on the first bucket
     kinds = [(a.kind, a.target) for a in decision.actions]
-    assert kinds[:2] == [("claim_shard", ("overflow-0",)), ("migrate", ("overflow-0",))]
+    assert kinds == [
+        ("claim_shard", ("overflow-0",)),
+        ("claim_shard", ("overflow-1",)),
+        ("split", ("overflow-0", "overflow-1")),
+    ]
+    # It doubles: the split it has is already wide enough, nothing changes.
+    rates[20] = 2400.0
+    for _ in range(3):
+        assert not [a for a in drv.step(loads(rates)).actions if a.kind in ROUTE_CHANGES]
+
+
+def test_a_split_that_is_too_narrow_widens_and_keeps_its_shards() -> None:
+    drv = Driver(engine(growth_cap=1.0), fleet(overflow=4))  # no growth planning: the instant
+    name, p = hot_campaign()
+    for _ in range(10):
+        drv.step(loads(10.0))
+    campaigns = [CampaignLoad(name, p, rate=1000.0, cpu=0.2)]
+    drv.step(loads(10.0) | {p: PartitionLoad(rate=1010.0, cpu=0.2)}, campaigns)
+    assert drv.table.splits[0].shards == ("overflow-0",)  # 50% of a shard: pinned, one way
+    campaigns = [CampaignLoad(name, p, rate=3000.0, cpu=0.6)]
+    decision = drv.step(loads(10.0) | {p: PartitionLoad(rate=3010.0, cpu=0.6)}, campaigns)
+    # overflow-0 is at 150%: within its settle time, the pin widens to ceil(1.5 / 0.7) = 3
+    # shards, overflow-0 first; only the new shards take over any of its traffic.
+    widen = [a for a in decision.actions if a.kind == "split"]
+    assert [(a.source, a.target) for a in widen] == [
+        (("overflow-0",), ("overflow-0", "overflow-1", "overflow-2"))
+    ]
+    assert widen[0].reason.startswith(f"widen 3 ways partition {p} campaign {name!r}")
 
 
 def test_without_capacity_the_hot_partition_stays_and_the_engine_asks_for_a_shard() -> None:
@@ -184,19 +241,24 @@ def test_churn_limit_caps_changes_per_round() -> None:
     assert any("churn limit" in n for n in decision.notes)
 
 
-def test_a_moved_partition_settles_before_it_moves_again() -> None:
-    drv = Driver(engine(settle_seconds=30), fleet())
+def test_a_changed_route_settles_before_it_changes_again() -> None:
+    drv = Driver(engine(settle_seconds=30, cooldown_seconds=0), fleet())
     for _ in range(10):
         drv.step(loads(10.0))
     rates = [10.0] * V
     rates[3] = 1300.0
-    drv.step(loads(rates))
     moved = drv.step(loads(rates))
-    assert [a.partition for a in moved.actions if a.kind == "migrate"] == [3]
-    rates[3] = 1500.0
-    quiet = [drv.step(loads(rates)) for _ in range(20)]
-    assert all(not any(a.partition == 3 for a in d.actions) for d in quiet)
-    assert any("settling" in n for n in quiet[0].notes)
+    # With no cooldown, two of the three warm shards were released while all was calm; the one
+    # left cannot hold a doubling, so the partition moves there sized for today's 65%.
+    assert [(a.kind, a.partition, a.target) for a in moved.actions if a.partition] == [
+        ("migrate", 3, ("overflow-0",))
+    ]
+    assert "sized for its load now: too few warm shards for growth" in moved.actions[-2].reason
+    # Calm at once, and no cooldown to wait out: going home still waits for the settle time.
+    quiet = [drv.step(loads(10.0)) for _ in range(40)]
+    home = [i for i, d in enumerate(quiet) if any(a.partition == 3 for a in d.actions)]
+    assert home == [29]  # moved at t=10, it may change again from t=40
+    assert drv.table.owners()[3] == "base-0"
 
 
 def test_scale_down_waits_for_the_cooldown_then_merges_and_releases_highest_ordinal() -> None:

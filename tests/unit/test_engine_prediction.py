@@ -121,19 +121,18 @@ def test_each_decision_carries_its_cost() -> None:
     for t in range(5):
         engine.step(model_observation(t, table, loads(rates)), table, PoolState.from_table(table))
     rates[3] = 1300.0
-    engine.step(model_observation(5, table, loads(rates)), table, PoolState.from_table(table))
     decision = engine.step(
-        model_observation(6, table, loads(rates)), table, PoolState.from_table(table)
+        model_observation(5, table, loads(rates)), table, PoolState.from_table(table)
     )
-    # 1300 req/s fits no base shard at 160 req/s under 70%: a warm shard is claimed.
-    assert [a.kind for a in decision.actions] == ["claim_shard", "migrate"]
-    assert decision.actions[0].cost == 0.0  # a warm shard is already paid for
-    assert decision.actions[1].cost == pytest.approx(0.002)  # one hand-over
+    # 1300 req/s rising 130x is sized for 2600: two warm shards, claimed; a split over them.
+    assert [a.kind for a in decision.actions] == ["claim_shard", "claim_shard", "split"]
+    assert [a.cost for a in decision.actions[:2]] == [0.0, 0.0]  # warm shards are paid for
+    assert decision.actions[2].cost == pytest.approx(0.004)  # one hand-over to each shard
     assert decision.cost.shards == 7
     assert decision.cost.shard_cost_per_hour == pytest.approx(0.7)
-    assert decision.cost.idle_warm_shards == 2
-    assert decision.cost.idle_warm_cost_per_hour == pytest.approx(0.2)
+    assert decision.cost.idle_warm_shards == 1
+    assert decision.cost.idle_warm_cost_per_hour == pytest.approx(0.1)
     assert decision.cost.violation_shards == 0
-    assert decision.cost.action_cost == pytest.approx(0.002)
-    assert decision.cost.shard_seconds == pytest.approx(7 * 7)  # 7 shards for 7 one-second steps
+    assert decision.cost.action_cost == pytest.approx(0.004)
+    assert decision.cost.shard_seconds == pytest.approx(7 * 6)  # 7 shards for 6 one-second steps
     assert decision.cost.violation_seconds == 0.0

@@ -1,8 +1,11 @@
 """The fleet-wide passes of a planning round: relieve full shards, give back, tend the pool.
 
-Hot spots are handled one by one in :mod:`hotshard.engine.planning`. What remains is the fleet
+Hot spots are handled one by one in :mod:`hotshard.engine.relief`. What remains is the fleet
 as a whole: a shard can be over target with no single hot partition (many grew a little), and it
-is relieved by moving its largest partitions, each only where it fits. When the spike is over,
+is relieved by moving its largest ordinary partitions, each only where it fits, base shards
+first. Hot partitions are never moved this way, and a shard whose load is a hot route the
+planner placed there is left to that route's widening: moving its neighbours one percent at a
+time would be a cascade that fixes nothing. When the spike is over,
 capacity goes back with hysteresis: a split is merged, or a moved partition sent home, only after
 ``cooldown_seconds`` during which its home shard would have stayed under ``lower_threshold``
 with it. Overflow shards idle for a cooldown beyond the warm-pool target are released, highest
@@ -32,12 +35,25 @@ def rebalance(
     owner_idx: IntArray,
     names: list[str],
     sustained: set[str],
+    hot_spots: frozenset[RouteKey] = frozenset(),
 ) -> None:
-    """Move the largest partitions off shards over target for the whole sustain period
-    (``sustained``), where each one fits."""
+    """Move the largest ordinary partitions (not hot) off shards over target for the whole
+    sustain period (``sustained``), where each one fits. Shards that carry a hot route the
+    planner placed, or one that just moved and is settling, are left to that route."""
     p_cfg = ws.planning
     target = p_cfg.target_utilisation
+    hot = {p for p, _ in hot_spots}
+    hot_routes = {n for (p, _), shards in ws.splits.items() if p in hot for n in shards}
+    for p, c in hot_spots:
+        if ws.settling(p, c):
+            hot_routes.update(ws.route(p, c))
     over = [n for n in reversed(ws.serving()) if n in sustained and ws.util(n) > target]
+    for name in [n for n in over if n in hot_routes]:
+        ws.notes.append(
+            f"shard {name} is over target with a hot route on it: that route is widened or "
+            "settles, its neighbours stay"
+        )
+    over = [n for n in over if n not in hot_routes]
     units = np.maximum(rate / p_cfg.shard_capacity_rps, cpu / p_cfg.shard_capacity_cpu)
     for name in over:
         members = np.flatnonzero(owner_idx == names.index(name))
@@ -50,6 +66,8 @@ def rebalance(
                 return
             if ws.owners[p] != name or (p, None) in ws.splits or ws.settling(p, None):
                 continue
+            if p in hot:
+                continue  # hot load goes to warm shards, by relief, never to a neighbour
             if units[p] <= 0 or units[p] > target:
                 continue  # nothing to gain, or too big for any one shard: a split's job
             why = f"shard {name} is at {ws.util(name):.0%}, over the {target:.0%} target"
@@ -106,7 +124,7 @@ def scale_down(
         if ws.now - since < cfg.cooldown_seconds or not ws.can_change() or ws.settling(p, campaign):
             continue
         where = f"partition {p}" + (f" campaign {campaign!r}" if campaign else "")
-        calm_for = f"calm for {(ws.now - since) / 60:.0f} min and {', '.join(dest)} stays under "
+        calm_for = f"calm for {duration(ws.now - since)} and {', '.join(dest)} stays under "
         calm_for += f"{cfg.lower_threshold:.0%} with it"
         ws.shift(shards, dest, r, cpu_load)
         if key in ws.splits:
@@ -120,9 +138,17 @@ def scale_down(
             kind = "migrate"
             reason = f"move {where} home from {shards[0]} to {dest[0]}: {calm_for}"
         memory.calm_since.pop(key, None)
+        memory.merged_at[key] = ws.now
         ws.record(Action(kind, reason, p, campaign, shards, dest, handover_cost(ws.cost, 1)))
     for key in [k for k in memory.calm_since if k not in present]:
         del memory.calm_since[key]
+    for key in [k for k, t in memory.merged_at.items() if ws.now - t > cfg.cooldown_seconds]:
+        del memory.merged_at[key]
+
+
+def duration(seconds: float) -> str:
+    """``45 s`` under two minutes, ``15 min`` beyond: a cooldown reads in its own unit."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def tend_pool(ws: Workspace, warm_target: int, pending: int, size: int, release: bool) -> None:
@@ -149,10 +175,13 @@ def tend_pool(ws: Workspace, warm_target: int, pending: int, size: int, release:
                 Action("release_shard", reason, source=(name,), cost=shard_delta_cost(ws.cost, -1))
             )
         idle = [n for n in idle if n not in ws.released]
-    missing = min(warm_target - len(idle) - pending, cfg.max_shards - size)
+    # Below the warm target, or short of what this round's hot spots lacked: ask for more.
+    missing = min(max(warm_target - len(idle), ws.shortfall) - pending, cfg.max_shards - size)
+    lacked = f", {ws.shortfall} lacked by hot spots" if ws.shortfall else ""
     for i in range(max(0, missing)):
         reason = (
             f"ask for a warm overflow shard ({i + 1} of {missing}): {len(idle)} idle and "
-            f"{pending} starting, {warm_target} wanted, {size} of at most {cfg.max_shards} shards"
+            f"{pending} starting, {warm_target} wanted{lacked}, {size} of at most "
+            f"{cfg.max_shards} shards"
         )
         ws.record(Action("refill_pool", reason, cost=shard_delta_cost(ws.cost, 1)))

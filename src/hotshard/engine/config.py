@@ -215,6 +215,29 @@ class PlanningConfig(_Config):
         ge=0,
         description="15 minutes calm before giving capacity back: spikes come in waves.",
     )
+    growth_trigger: float = Field(
+        default=1.5,
+        gt=1,
+        description="A bucket 1.5x the one before is a rise, not noise (flat load stays within "
+        "+-40%): only then is a hot spot sized for growth.",
+    )
+    growth_horizon_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Size a rising hot spot for its load 5 s on: detection, a hand-over and the "
+        "first metrics from its new shards, the soonest a plan can be corrected.",
+    )
+    growth_cap: float = Field(
+        default=2.0,
+        ge=1,
+        description="Plan for at most a doubling: a spike that doubles needs no re-split, and a "
+        "guess never claims more of the warm pool than that.",
+    )
+    isolate_surges: bool = Field(
+        default=True,
+        description="A rising surge (surge_factor over baseline, growth_trigger over the bucket "
+        "before) leaves its base shard for a warm one at once, before it fills it.",
+    )
     max_shards: int = Field(
         default=64,
         ge=1,

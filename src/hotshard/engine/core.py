@@ -9,8 +9,6 @@ with the observation, so the same sequence of inputs always yields the same deci
 from __future__ import annotations
 
 from collections.abc import Mapping
-from itertools import chain
-from operator import attrgetter
 
 import numpy as np
 
@@ -25,6 +23,7 @@ from hotshard.engine.detection import (
     detection_signals,
     find_hot_spots,
 )
+from hotshard.engine.growth import spot_growth
 from hotshard.engine.model import (
     CampaignLoad,
     Decision,
@@ -33,10 +32,20 @@ from hotshard.engine.model import (
     PoolState,
     ShardHealth,
 )
-from hotshard.engine.planning import PlanMemory, Workspace, relieve
+from hotshard.engine.planning import PlanMemory, Workspace
 from hotshard.engine.prediction import Forecaster, calendar_hot_spots, forecast_hot_spots
+from hotshard.engine.relief import relieve
 from hotshard.engine.reporting import assess_health, explain, hold
-from hotshard.engine.windows import CPU, LATENCY, MEMORY, QUEUE, RATE, SIGNALS, ShardWindows, Window
+from hotshard.engine.windows import (
+    CPU,
+    LATENCY,
+    MEMORY,
+    QUEUE,
+    RATE,
+    ShardWindows,
+    Window,
+    partition_block,
+)
 from hotshard.routing import RoutingTable
 
 DEMAND_HISTORY = 64
@@ -95,7 +104,7 @@ class Engine:
         window, detector = self._state(table.partitions)
         names, owner_idx = self._owners(table)
 
-        window.write(now, self._partition_block(observation, table.partitions))
+        window.write(now, partition_block(observation.partitions, table.partitions))
         self._write_shards(observation, now, names, owner_idx, window)
         detection = detector.update(detection_signals(window.latest()), now, dt)
         campaigns = aggregate_campaigns(observation.campaigns, table.partitions)
@@ -139,6 +148,10 @@ class Engine:
             )
 
         resident_rate, resident_cpu = self._resident(table, rate, cpu, campaigns)
+        last_rate, last_cpu = (
+            dict(zip(names, self.shard_window.mean_recent(names, s, 1), strict=True))
+            for s in (RATE, CPU)
+        )
         ws = Workspace(
             table,
             pool.idle,
@@ -148,6 +161,7 @@ class Engine:
             cfg.cost,
             self.memory,
             now,
+            latest=(last_rate, last_cpu),
         )
         spots = list(hot)
         if cfg.prediction.enabled:
@@ -155,7 +169,7 @@ class Engine:
                 window,
                 detector,
                 rate,
-                cpu,
+                (resident_rate, resident_cpu),
                 ws,
                 campaigns,
                 table.partitions,
@@ -173,9 +187,12 @@ class Engine:
                 c = seen.cpu if seen else float(detector.baseline[D_CPU, spot.partition])
             else:
                 r, c = float(resident_rate[spot.partition]), float(resident_cpu[spot.partition])
-            if relieve(ws, spot, r, c):
+            growth = spot_growth(spot, rate, window.ago(1)[RATE], detector.baseline[D_RATE], cfg)
+            if relieve(ws, spot, r, c, growth):
                 acted.add(spot.partition)
-        rebalance(ws, resident_rate, resident_cpu, owner_idx, names, self._sustained_over(names))
+        hot_keys = frozenset((s.partition, s.campaign) for s in spots)
+        sustained = self._sustained_over(names)
+        rebalance(ws, resident_rate, resident_cpu, owner_idx, names, sustained, hot_keys)
         scaling_up = ws.changes > 0 or ws.claimed > 0
         if not scaling_up:
             hot_partitions = {s.partition for s in spots}
@@ -267,21 +284,6 @@ class Engine:
         tiers = {s.name: s.tier for s in table.shards}
         return [o if tiers[o] == "base" else e for o, e in zip(table.owners(), even, strict=True)]
 
-    @staticmethod
-    def _partition_block(observation: Observation, partitions: int) -> np.ndarray:
-        block = np.full((len(SIGNALS), partitions), np.nan)
-        loads = observation.partitions
-        if loads:
-            ids = np.fromiter(loads.keys(), dtype=np.intp, count=len(loads))
-            # NB: one C-level pass over the loads; a list of tuples costs three times as much.
-            fields = attrgetter("rate", "cpu", "memory", "latency", "queue")
-            flat = chain.from_iterable(map(fields, loads.values()))
-            values = np.fromiter(flat, dtype=np.float64, count=len(loads) * len(SIGNALS))
-            values = values.reshape(len(loads), len(SIGNALS))
-            keep = (ids >= 0) & (ids < partitions)
-            block[:, ids[keep]] = values[keep].T
-        return block
-
     def _write_shards(
         self, obs: Observation, now: float, names: list[str], owner_idx: IntArray, window: Window
     ) -> None:
@@ -336,7 +338,7 @@ class Engine:
         window: Window,
         detector: Detector,
         rate: np.ndarray,
-        cpu: np.ndarray,
+        resident: tuple[np.ndarray, np.ndarray],
         ws: Workspace,
         campaigns: Mapping[tuple[int, str], CampaignLoad],
         partitions: int,
@@ -364,7 +366,7 @@ class Engine:
         spots += forecast_hot_spots(
             forecasts,
             rate,
-            cpu,
+            resident,
             owner_util,
             detector.baseline[D_RATE],
             factor,

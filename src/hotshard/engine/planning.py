@@ -1,14 +1,14 @@
-"""From hot spots to a new routing table: where each hot thing goes, and in what order.
+"""The planner's workspace: a mutable copy of the routes and of each shard's projected load.
 
-The planner works on a :class:`Workspace`, a mutable copy of the table's routes plus each shard's
-projected load. Every placement is checked against the destination's load *plus* the load being
-moved, so no destination ends above its target utilisation (no cascading hot spots); if no
-serving shard fits, a warm idle overflow shard is claimed. A campaign hotter than one shard is
-split ``k = ceil(load / (capacity x target))`` ways; a campaign whose requests turned expensive
-is quarantined on a sandbox shard. A churn limit caps the routing changes per round, and a
-route that just changed settles before it may change again.
+Every placement is checked against the destination's load *plus* the load being moved, so no
+destination ends above its target utilisation (no cascading hot spots). Destinations come from
+pools in order of preference: hot spots go to the overflow tier (idle warm shards first, claimed
+lowest ordinal first, then overflow shards already serving), ordinary partitions to base shards
+first. A churn limit caps the routing changes per round, and a route that just changed settles
+before it may change again.
 
-Giving capacity back lives in :mod:`hotshard.engine.scaledown`; both share the workspace.
+Hot spots are placed by :mod:`hotshard.engine.relief`; giving capacity back, relieving full
+shards and tending the pool live in :mod:`hotshard.engine.capacity`. All share the workspace.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hotshard.engine.config import CostConfig, PlanningConfig
-from hotshard.engine.cost import handover_cost
-from hotshard.engine.model import Action, ActionKind, HotSpot
+from hotshard.engine.model import Action
 from hotshard.routing import RoutingTable, Split
 
 RouteKey = tuple[int, str | None]
@@ -61,6 +60,8 @@ class PlanMemory:
     idle_since: dict[str, float] = field(default_factory=dict)
     demand: list[int] = field(default_factory=list)
     """Shards claimed per round that claimed any, the warm-pool recommender's history."""
+    merged_at: dict[RouteKey, float] = field(default_factory=dict)
+    """When a route was last merged back or sent home: no surge isolation for a cooldown."""
 
 
 class Workspace:
@@ -76,6 +77,7 @@ class Workspace:
         cost: CostConfig,
         memory: PlanMemory,
         now: float,
+        latest: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
     ) -> None:
         self.table = table
         self.planning = planning
@@ -90,34 +92,74 @@ class Workspace:
         self.tier = {s.name: s.tier for s in table.shards}
         self.rate = {n: float(shard_rate.get(n, 0.0)) for n in self.order}
         self.cpu = {n: float(shard_cpu.get(n, 0.0)) for n in self.order}
+        # The peak view: the larger of the sustain-period mean and the latest bucket. A hot spot
+        # and its destinations are judged on it; a spike is no average.
+        last_rate, last_cpu = latest if latest is not None else (shard_rate, shard_cpu)
+        self.peak_rate = {n: max(self.rate[n], float(last_rate.get(n, 0.0))) for n in self.order}
+        self.peak_cpu = {n: max(self.cpu[n], float(last_cpu.get(n, 0.0))) for n in self.order}
         self.idle = sorted((n for n in idle if self.tier.get(n) == "overflow"), key=ordinal)
         self.released: list[str] = []
         self.actions: list[Action] = []
         self.notes: list[str] = []
         self.changes = 0
         self.claimed = 0
+        self.shortfall = 0
+        """Warm shards hot spots lacked this round, beyond the idle ones: the pool asks for them."""
 
     # -- loads ----------------------------------------------------------------------------
 
     def util(self, name: str, rate: float = 0.0, cpu: float = 0.0) -> float:
+        """Utilisation over the sustain period, plus ``rate`` and ``cpu``."""
         p = self.planning
         return max(
             (self.rate[name] + rate) / p.shard_capacity_rps,
             (self.cpu[name] + cpu) / p.shard_capacity_cpu,
         )
 
-    def shift(self, source: Iterable[str], target: Iterable[str], rate: float, cpu: float) -> None:
-        """Move ``rate``/``cpu`` spread evenly over ``source`` onto ``target``, evenly."""
-        for group, sign in ((tuple(source), -1.0), (tuple(target), 1.0)):
-            for name in group:
-                self.rate[name] = max(0.0, self.rate[name] + sign * rate / len(group))
-                self.cpu[name] = max(0.0, self.cpu[name] + sign * cpu / len(group))
+    def peak(self, name: str, rate: float = 0.0, cpu: float = 0.0) -> float:
+        """Utilisation at its recent peak (mean or latest bucket), plus ``rate`` and ``cpu``."""
+        p = self.planning
+        return max(
+            (self.peak_rate[name] + rate) / p.shard_capacity_rps,
+            (self.peak_cpu[name] + cpu) / p.shard_capacity_cpu,
+        )
 
-    def serving(self) -> list[str]:
-        """Base and overflow shards that serve something, least loaded first."""
+    def units(self, rate: float, cpu: float) -> float:
+        """A load in shards at full capacity."""
+        p = self.planning
+        return max(rate / p.shard_capacity_rps, cpu / p.shard_capacity_cpu)
+
+    def shift(
+        self,
+        source: Iterable[str],
+        target: Iterable[str],
+        rate: float,
+        cpu: float,
+        into: tuple[float, float] | None = None,
+    ) -> None:
+        """Take ``rate``/``cpu`` evenly off ``source``; put ``into`` (default the same) evenly
+        on ``target``. A hot spot reserves its planned growth on its new shards this way."""
+        in_rate, in_cpu = into if into is not None else (rate, cpu)
+        for group, r, c in ((tuple(source), -rate, -cpu), (tuple(target), in_rate, in_cpu)):
+            for name in group:
+                for loads, value in (
+                    (self.rate, r),
+                    (self.cpu, c),
+                    (self.peak_rate, r),
+                    (self.peak_cpu, c),
+                ):
+                    loads[name] = max(0.0, loads[name] + value / len(group))
+
+    def serving(self, tier: str | None = None) -> list[str]:
+        """Base and overflow shards (or those of ``tier``) that serve something, least loaded
+        first."""
         idle = set(self.idle)
-        names = [n for n in self.order if self.tier[n] != "sandbox" and n not in idle]
-        return sorted(names, key=lambda n: (self.util(n), self.order[n]))
+        names = [
+            n
+            for n in self.order
+            if self.tier[n] != "sandbox" and n not in idle and tier in (None, self.tier[n])
+        ]
+        return sorted(names, key=lambda n: (self.peak(n), self.order[n]))
 
     # -- routes ---------------------------------------------------------------------------
 
@@ -147,38 +189,46 @@ class Workspace:
 
     # -- placement ------------------------------------------------------------------------
 
-    def claim(self, why: str) -> str | None:
-        """Take the lowest-ordinal warm idle overflow shard into service."""
-        if not self.idle:
-            return None
-        name = self.idle.pop(0)
+    def claim(self, name: str, why: str) -> None:
+        """Take the warm idle overflow shard ``name`` into service."""
+        self.idle.remove(name)
         self.claimed += 1
         self.record(Action("claim_shard", f"claim warm shard {name}: {why}", target=(name,)))
-        return name
+
+    def choose(
+        self, rate: float, cpu: float, k: int, pools: Iterable[Iterable[str]], exclude: set[str]
+    ) -> list[str]:
+        """Up to ``k`` distinct shards, taken from ``pools`` in order, that each stay at or under
+        target (at their peak) after taking ``rate`` and ``cpu``. Claims nothing."""
+        target = self.planning.target_utilisation
+        chosen: list[str] = []
+        for pool in pools:
+            for name in pool:
+                if len(chosen) == k:
+                    return chosen
+                if name in exclude or name in chosen:
+                    continue
+                if self.peak(name, rate, cpu) <= target + 1e-9:
+                    chosen.append(name)
+        return chosen
+
+    def hot_pools(self, any_tier: bool) -> list[list[str]]:
+        """Where hot load goes: idle warm shards (lowest ordinal first), then serving overflow
+        shards; with ``any_tier``, then any serving shard, least loaded first."""
+        pools = [list(self.idle), self.serving("overflow")]
+        return [*pools, self.serving()] if any_tier else pools
 
     def place(self, rate: float, cpu: float, exclude: set[str], why: str, k: int = 1) -> list[str]:
-        """``k`` distinct shards that each stay under target after taking ``rate/k``, ``cpu/k``;
-        least-loaded serving shards first, then claimed warm shards. Empty if impossible."""
-        target = self.planning.target_utilisation
-        share_rate, share_cpu = rate / k, cpu / k
-        chosen = [
-            n
-            for n in self.serving()
-            if n not in exclude and self.util(n, share_rate, share_cpu) <= target
-        ][:k]
-        if len(chosen) < k and len(chosen) + len(self.idle) >= k:
-            fits_empty = (
-                max(
-                    share_rate / self.planning.shard_capacity_rps,
-                    share_cpu / self.planning.shard_capacity_cpu,
-                )
-                <= target
-            )
-            while fits_empty and len(chosen) < k:
-                name = self.claim(why)
-                assert name is not None
-                chosen.append(name)
-        return chosen if len(chosen) == k else []
+        """``k`` shards for ordinary (not hot) load, each staying under target with its share:
+        base shards first, then serving overflow shards, then claimed warm shards."""
+        pools = [self.serving("base"), self.serving("overflow"), list(self.idle)]
+        chosen = self.choose(rate / k, cpu / k, k, pools, exclude)
+        if len(chosen) < k:
+            return []
+        for name in chosen:
+            if name in self.idle:
+                self.claim(name, why)
+        return chosen
 
     def ways(self, units: float) -> int:
         """``k = ceil(load / (capacity x target))``, at least one."""
@@ -206,100 +256,3 @@ class Workspace:
         return self.table.with_owners(
             self.owners, version=self.table.version + 1, splits=splits, shards=shards
         )
-
-
-def load_of(
-    spot: HotSpot, rate: float, cpu: float, planning: PlanningConfig
-) -> tuple[float, float]:
-    """The (rate, cpu) to plan for: what is measured, scaled up for a forecast or an event."""
-    units = max(rate / planning.shard_capacity_rps, cpu / planning.shard_capacity_cpu)
-    if spot.signal not in ("forecast", "calendar") or spot.load <= units:
-        return rate, cpu
-    if units <= 0:
-        return spot.load * planning.shard_capacity_rps, spot.load * planning.shard_capacity_cpu
-    scale = spot.load / units
-    return rate * scale, cpu * scale
-
-
-def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float) -> bool:
-    """Act on one hot spot: quarantine, pin, move or split it; or say why not.
-
-    Returns whether the spot is dealt with this round (changed, or blocked by settle or churn).
-    """
-    p, campaign = spot.partition, spot.campaign
-    where = f"partition {p}" + (f" campaign {campaign!r}" if campaign else "")
-    current = ws.route(p, campaign)
-    if ws.settling(p, campaign):
-        ws.notes.append(f"{where} moved less than {ws.planning.settle_seconds:g} s ago: settling")
-        return True
-    if not ws.can_change():
-        ws.notes.append(f"{where} waits: the churn limit of {ws.planning.churn_limit} is reached")
-        return True
-    if spot.signal == "cpu_per_request" and campaign is not None:
-        quarantine(ws, spot, current, rate, cpu)
-        return True
-    plan_rate, plan_cpu = load_of(spot, rate, cpu, ws.planning)
-    cap = ws.planning
-    units = max(plan_rate / cap.shard_capacity_rps, plan_cpu / cap.shard_capacity_cpu)
-    k = ws.ways(units)
-    # Plan against what the owners will carry: today's load plus the growth being planned for.
-    extra_rate, extra_cpu = (plan_rate - rate) / len(current), (plan_cpu - cpu) / len(current)
-    worst = max(ws.util(n, extra_rate, extra_cpu) for n in current)
-    if worst <= cap.target_utilisation:
-        ws.notes.append(
-            f"{where} is hot but {', '.join(current)} stays at {worst:.0%}, under the "
-            f"{cap.target_utilisation:.0%} target: no move needed"
-        )
-        return False
-    split = (p, campaign) in ws.splits
-    if split and len(current) >= k:
-        ws.notes.append(f"{where} is already split {len(current)} ways, enough for its load")
-        return False
-    kind: ActionKind = "split"
-    if k == 1 and not split:
-        kind = "migrate"
-    elif campaign is None:
-        k = max(k, 2)  # a partition-wide split needs two shards; one shard is a move
-    # TODO(#3): a wider re-split takes k fresh shards; keeping the current ones would churn less.
-    targets = ws.place(plan_rate, plan_cpu, set(current), spot.reason, k)
-    if not targets:
-        ws.notes.append(
-            f"{where} needs {k} shard(s) of {units:.0%} / {k} each and none can take it "
-            "without going over target; waiting for the warm pool"
-        )
-        return False
-    ws.shift(current, targets, rate, cpu)
-    shards = tuple(targets)
-    if campaign is None and kind == "migrate":
-        ws.owners[p] = shards[0]
-    else:
-        ws.splits[(p, campaign)] = shards
-    verb = "move" if kind == "migrate" else f"split {k} ways"
-    reason = f"{verb} {where} from {', '.join(current)} to {', '.join(shards)}: {spot.reason}"
-    ws.record(
-        Action(kind, reason, p, campaign, current, shards, handover_cost(ws.cost, len(shards)))
-    )
-    return True
-
-
-def quarantine(
-    ws: Workspace, spot: HotSpot, current: tuple[str, ...], rate: float, cpu: float
-) -> None:
-    """Pin a campaign whose requests turned expensive to the least-loaded sandbox shard."""
-    p, campaign = spot.partition, spot.campaign
-    sandboxes = sorted(
-        (n for n in ws.order if ws.tier[n] == "sandbox"), key=lambda n: (ws.util(n), ws.order[n])
-    )
-    if any(ws.tier.get(n) == "sandbox" for n in current):
-        ws.notes.append(f"campaign {campaign!r} is already quarantined on {', '.join(current)}")
-        return
-    if not sandboxes:
-        ws.notes.append(
-            f"campaign {campaign!r} should be quarantined but there is no sandbox shard"
-        )
-        return
-    target = (sandboxes[0],)
-    ws.shift(current, target, rate, cpu)
-    ws.splits[(p, campaign)] = target
-    reason = f"quarantine campaign {campaign!r} on sandbox shard {target[0]}: {spot.reason}"
-    ws.record(Action("quarantine", reason, p, campaign, current, target, handover_cost(ws.cost, 1)))

@@ -158,7 +158,7 @@ class Forecaster:
 def forecast_hot_spots(
     forecasts: Mapping[int, float],
     rate: FloatArray,
-    cpu: FloatArray,
+    resident: tuple[FloatArray, FloatArray],
     owner_util: Mapping[int, float],
     baseline: FloatArray,
     factor: FloatArray,
@@ -167,7 +167,10 @@ def forecast_hot_spots(
 ) -> list[HotSpot]:
     """A forecast is hot when the rise has begun (``rise_factor`` over baseline), the forecast
     itself clears the detection bar, and it would push the owner over target before the rate
-    does. The first two gates keep extrapolated noise from moving anything."""
+    does. The first two gates keep extrapolated noise from moving anything.
+
+    ``rate`` is each partition's total, which the forecast follows; ``resident`` is the (rate,
+    cpu) still on its owner, without campaigns split away, and only that grows on the owner."""
     spots = []
     target = planning.target_utilisation
     horizon = config.horizon_seconds
@@ -177,7 +180,7 @@ def forecast_hot_spots(
             continue
         if now_rate < config.rise_factor * baseline[p] or predicted < factor[p] * baseline[p]:
             continue
-        now_load = shard_units(now_rate, float(cpu[p]), planning)
+        now_load = shard_units(float(resident[0][p]), float(resident[1][p]), planning)
         later = now_load * predicted / now_rate  # CPU is assumed to scale with the rate.
         util_now = owner_util.get(p, 0.0)
         if util_now <= target < util_now - now_load + later:
