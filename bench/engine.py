@@ -100,7 +100,8 @@ def run_size(partitions: int, shards: int, seed: int = 7) -> dict[str, Any]:
         campaigns = [c for c in campaigns if partition_of(c.campaign, partitions) == c.partition]
         if step >= WARMUP:
             k = step - WARMUP
-            now[hot_p] += 5000.0  # a campaign at 2.5 shards of load: a 4-way split
+            # A campaign at 2.5 shards, appearing at once: sized for a doubling, an 8-way split.
+            now[hot_p] += 5000.0
             campaigns.append(CampaignLoad(hot_name, hot_p, 5000.0, 2.0))
             now[ramp_p] += 60.0 * k  # a ramp for the forecast to see coming
         obs = observe(float(step), table, now, campaigns)
@@ -193,7 +194,8 @@ def write_results(results: list[dict[str, Any]], holt_ms: float) -> dict[str, An
         "two are fitted per step.",
         "- Peak MiB: the most memory allocated during one step (tracemalloc, separate untimed "
         "steps). Window MiB: the 30-bucket ring the engine holds between steps (float32).",
-        "- Timed steps include a 4-way campaign split, a forecast-driven move and up to two "
+        "- Timed steps include an 8-way campaign split (2.5 shards of load appearing at once, "
+        "sized for a doubling), a forecast-driven move and up to two "
         "Holt fits; building the observation is the caller's cost and is not timed.",
         f"- Machine: {report['machine']}; shared with other work, so take +-20%.",
         "",

@@ -241,6 +241,23 @@ def test_churn_limit_caps_changes_per_round() -> None:
     assert any("churn limit" in n for n in decision.notes)
 
 
+def test_a_campaign_whose_partition_moved_to_overflow_widens_from_there() -> None:
+    drv = Driver(engine(), fleet())
+    name, p = hot_campaign()
+    for _ in range(10):
+        drv.step(loads(10.0))
+    # The first bucket has no top-k report yet: the whole partition is the surge, and moves.
+    drv.step(loads(10.0) | {p: PartitionLoad(rate=600.0, cpu=0.12)})
+    assert drv.table.owners()[p] == "overflow-0"
+    campaigns = [CampaignLoad(name, p, rate=1490.0, cpu=0.3)]
+    decision = drv.step(loads(10.0) | {p: PartitionLoad(rate=1500.0, cpu=0.3)}, campaigns)
+    # Its campaign fills overflow-0 (75%) while the move settles. The route is the planner's
+    # (on overflow), so it widens from there, sized for 2.5x in a second capped at 2x: 2980
+    # req/s, ceil(1.49 / 0.7) = 3 ways, overflow-0 kept.
+    split = [(a.campaign, a.source, a.target) for a in decision.actions if a.kind == "split"]
+    assert split == [(name, ("overflow-0",), ("overflow-0", "overflow-1", "overflow-2"))]
+
+
 def test_a_changed_route_settles_before_it_changes_again() -> None:
     drv = Driver(engine(settle_seconds=30, cooldown_seconds=0), fleet())
     for _ in range(10):

@@ -165,16 +165,15 @@ class Engine:
         )
         spots = list(hot)
         if cfg.prediction.enabled:
-            spots += self._predict(
-                window,
-                detector,
-                rate,
-                (resident_rate, resident_cpu),
-                ws,
-                campaigns,
-                table.partitions,
-                now,
+            predicted = self._predict(
+                window, detector, rate, (resident_rate, resident_cpu), ws, campaigns, now
             )
+            # A partition with a hot campaign, or one split away, rises with that campaign, whose
+            # own route is planned for its growth: its total is no forecast for the rest of it.
+            own = {s.partition for s in hot if s.campaign} | {
+                s.partition for s in table.splits if s.campaign
+            }
+            spots += [s for s in predicted if s.signal != "forecast" or s.partition not in own]
         # One change per partition per round; a spot that needed no change (the shard had
         # room) lets a later spot of the same partition, such as its forecast, have a say.
         acted: set[int] = set()
@@ -341,7 +340,6 @@ class Engine:
         resident: tuple[np.ndarray, np.ndarray],
         ws: Workspace,
         campaigns: Mapping[tuple[int, str], CampaignLoad],
-        partitions: int,
         now: float,
     ) -> list[HotSpot]:
         """Calendar events first (they are certain), then forecasts of the fastest risers."""
@@ -352,7 +350,7 @@ class Engine:
         owner_util = {p: ws.util(ws.owners[p]) for p in forecasts}
         spots = calendar_hot_spots(
             cfg.prediction,
-            partitions,
+            window.rows,
             now,
             campaigns,
             detector.baseline[D_RATE],

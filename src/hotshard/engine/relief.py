@@ -66,9 +66,10 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
     extra_rate, extra_cpu = (plan_rate - rate) / len(current), (plan_cpu - cpu) / len(current)
     worst = max(ws.peak(n, extra_rate, extra_cpu) for n in current)
     need = worst > cap.target_utilisation
-    # Ours: a route the planner made (a split, a pin, a partition moved to overflow); it is
-    # widened in place. Anything else still sits on its home shard.
-    ours = key in ws.splits or (campaign is None and ws.tier[current[0]] == "overflow")
+    # Ours: a route the planner made (a split, a pin, or a route on overflow shards, which only
+    # the planner fills, such as a campaign whose whole partition moved there); it is widened
+    # in place. Anything else still sits on its home shard.
+    ours = key in ws.splits or all(ws.tier[n] == "overflow" for n in current)
     merged = ws.memory.merged_at.get(key, -math.inf)
     isolate = (
         growth.surge
