@@ -80,8 +80,9 @@ def structural(node: Schema, defs: Schema, *, with_defaults: bool = True) -> Sch
     if "properties" in out:
         out["type"] = "object"
         required = set(out.get("required", []))
-        # NB: an optional sub-object whose own fields all have defaults defaults to {}, so the
-        # API server fills in the nested defaults and CEL rules can read them unguarded.
+        # NB: an optional sub-object whose own fields all have defaults gets them all as its
+        # default, spelled out. The API server checks a default against the object's CEL rules
+        # without filling in the nested defaults first, so `{}` fails `self.warm <= ...`.
         for name, sub in out["properties"].items():
             if (
                 with_defaults
@@ -90,8 +91,17 @@ def structural(node: Schema, defs: Schema, *, with_defaults: bool = True) -> Sch
                 and "default" not in sub
                 and not sub.get("required")
             ):
-                sub["default"] = {}
+                sub["default"] = complete_default(sub)
     return out
+
+
+def complete_default(node: Schema) -> Schema:
+    """The object `node` describes with every defaulted field filled in, nested ones too."""
+    return {
+        name: copy.deepcopy(sub["default"])
+        for name, sub in node.get("properties", {}).items()
+        if "default" in sub
+    }
 
 
 def model_schema(model: type[Any], *, with_defaults: bool = True) -> Schema:
@@ -113,7 +123,8 @@ def build_crd() -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server allows no more than this here (not even a description).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },

@@ -113,7 +113,26 @@ def test_subresources_columns_and_names() -> None:
     assert CRD["spec"]["names"]["categories"] == ["hotshard"]
     spec = SCHEMA["properties"]["spec"]["properties"]
     assert spec["scaleDown"]["properties"]["cooldown"]["default"] == 900.0
-    assert spec["tiers"]["properties"]["overflow"]["default"] == {}
+    assert spec["tiers"]["properties"]["overflow"]["default"] == {"warm": 2, "maximum": 16}
+
+
+def test_metadata_schema_is_bare() -> None:
+    # The API server refuses anything but name/generateName under metadata, even a description.
+    assert SCHEMA["properties"]["metadata"] == {"type": "object"}
+
+
+def test_every_default_passes_its_own_rules_without_nested_defaulting() -> None:
+    # The API server checks a default against the CEL rules of its node as written, without
+    # filling in nested defaults first: an incomplete default makes the CRD itself invalid.
+    checked = []
+    for path, node in walk(SCHEMA):
+        if "default" in node:
+            value = node["default"]
+            assert cel_failures(node, value) == [], path
+            errors = jsonschema.Draft4Validator(node).iter_errors(value)
+            assert [e.message for e in errors] == [], path
+            checked.append(path)
+    assert {".spec.tiers.overflow", ".spec.detection"} <= set(checked)
 
 
 def test_a_minimal_sample_is_admitted_with_defaults() -> None:
