@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="measure and report costs but never throttle, trip or roll back",
     )
     parser.add_argument(
-        "--cpu-budget", type=float, help="CPU cores one campaign may use on this shard (0.1)"
+        "--cpu-budget", type=float, help="CPU cores one campaign may use on this shard (0.25)"
     )
 
 

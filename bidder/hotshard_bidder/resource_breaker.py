@@ -28,9 +28,9 @@ class ResourceBreakerPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     trip_cores: float = Field(
-        # NB: three times the default token rate (0.1 core): tokens handle a campaign near its
+        # NB: three times the default token rate (0.25 core): tokens handle a campaign near its
         # budget; one asking for three budgets is refused wholesale, without a parse each.
-        default=0.3,
+        default=0.75,
         gt=0,
         description="Demanded CPU-seconds per second that open the breaker.",
     )

@@ -78,7 +78,7 @@ class BidderSettings(_KeySettings):
     )
     cpu_budget: float = Field(
         # NB: see TokenPolicy.rate_cores for why a tenth of a core.
-        default=0.1,
+        default=0.25,
         gt=0,
         le=64,
         description="CPU-seconds per second one campaign may spend on this shard.",

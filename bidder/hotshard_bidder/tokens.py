@@ -28,10 +28,10 @@ class TokenPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rate_cores: float = Field(
-        # NB: a tenth of a core per campaign per shard is ~3x what a campaign at election-night
-        # peak uses (340 rps x ~100 µs): a rate spike stays the planner's job, not a throttle's,
-        # while a campaign whose requests cost 100x runs out within a second.
-        default=0.1,
+        # NB: a quarter core per campaign per shard is ~2.5x what a campaign at election-night
+        # peak uses (340 rps x ~300 µs measured under the demo's quotas): a rate spike stays the
+        # planner's job, not a throttle's; a campaign whose requests cost 100x runs out at once.
+        default=0.25,
         gt=0,
         description="CPU-seconds per second a campaign may spend on one shard.",
     )
