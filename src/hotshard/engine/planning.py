@@ -56,6 +56,8 @@ class PlanMemory:
     home: list[str] = field(default_factory=list)
     """Each partition's base-tier owner, where scale-down sends it back."""
     settled_until: dict[RouteKey, float] = field(default_factory=dict)
+    settled_route: dict[RouteKey, tuple[str, ...]] = field(default_factory=dict)
+    """The route each settling change asked for: a change the table never got does not settle."""
     calm_since: dict[RouteKey, float] = field(default_factory=dict)
     idle_since: dict[str, float] = field(default_factory=dict)
     demand: list[int] = field(default_factory=list)
@@ -85,9 +87,12 @@ class Workspace:
         self.memory = memory
         self.now = now
         self.owners = table.owners()
+        self.initial_owners = list(self.owners)
         self.splits: dict[RouteKey, tuple[str, ...]] = {
             (s.partition, s.campaign): s.shards for s in table.splits
         }
+        self.initial_splits = dict(self.splits)
+        self.changed: set[RouteKey] = set()
         self.order = {s.name: i for i, s in enumerate(table.shards)}
         self.tier = {s.name: s.tier for s in table.shards}
         self.rate = {n: float(shard_rate.get(n, 0.0)) for n in self.order}
@@ -169,13 +174,24 @@ class Workspace:
         return self.splits.get((partition, None), (self.owners[partition],))
 
     def settling(self, partition: int, campaign: str | None) -> bool:
-        until = self.memory.settled_until
-        return (
-            max(
-                until.get((partition, campaign), -math.inf), until.get((partition, None), -math.inf)
-            )
-            > self.now
-        )
+        """Whether a change to this route (or its partition's) is younger than the settle time
+        and made it into the table; a plan whose write was lost (a conflict, a rollback, a
+        loop that only observes) is planned again rather than waited out."""
+        memory = self.memory
+        for key in {(partition, campaign), (partition, None)}:
+            if memory.settled_until.get(key, -math.inf) <= self.now:
+                continue
+            wanted = memory.settled_route.get(key)
+            if key in self.changed or wanted is None or wanted == self.initial_route(key):
+                return True
+        return False
+
+    def initial_route(self, key: RouteKey) -> tuple[str, ...]:
+        """The route of ``key`` in the table this round started from."""
+        p, campaign = key
+        if campaign is not None and key in self.initial_splits:
+            return self.initial_splits[key]
+        return self.initial_splits.get((p, None), (self.initial_owners[p],))
 
     def can_change(self) -> bool:
         return self.changes < self.planning.churn_limit
@@ -186,6 +202,8 @@ class Workspace:
             self.changes += 1
             key = (action.partition if action.partition is not None else -1, action.campaign)
             self.memory.settled_until[key] = self.now + self.planning.settle_seconds
+            self.memory.settled_route[key] = action.target
+            self.changed.add(key)
 
     # -- placement ------------------------------------------------------------------------
 
