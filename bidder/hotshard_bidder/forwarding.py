@@ -26,7 +26,7 @@ import orjson
 from multidict import CIMultiDictProxy
 
 from hotshard.routing.keys import CAMPAIGN_HEADER
-from hotshard.routing.store import FileTableWatcher, SnapshotHolder
+from hotshard.routing.store import SnapshotHolder
 from hotshard_bidder.breaker import CircuitBreaker
 from hotshard_bidder.router_metrics import NO_SHARD, RouterMetrics
 from hotshard_bidder.serving import (
@@ -35,6 +35,7 @@ from hotshard_bidder.serving import (
     RETRY_MS_HEADER,
     SHARD_HEADER,
     VERSION_HEADER,
+    TableFollower,
 )
 
 AUCTION_PATH = "/openrtb2/auction"
@@ -96,7 +97,7 @@ class Forwarder:
     def __init__(
         self,
         holder: SnapshotHolder,
-        watcher: FileTableWatcher,
+        watcher: TableFollower,
         session: aiohttp.ClientSession,
         metrics: RouterMetrics,
         *,

@@ -226,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
         log.error("invalid router settings (flags or HOTSHARD_ROUTER_* env):\n%s", exc)
         return 2
     try:
-        watch = TableWatch.open(settings.routing_file, settings.poll_interval)
+        watch = TableWatch.from_settings(settings)
     except (OSError, ValueError) as exc:
         log.error("cannot load the routing table %s: %s", settings.routing_file, exc)
         return 2

@@ -1,7 +1,8 @@
 """What the bidder and the router share to run: the table watch, the event loop, the HTTP shell.
 
-Both services load the routing table from a :class:`FileRoutingStore`, keep it current with a
-:class:`FileTableWatcher` feeding a :class:`SnapshotHolder`, and serve aiohttp on uvloop until
+Both services load the routing table from a :class:`FileRoutingStore` (or, on a cluster, the
+routing ConfigMap: :mod:`hotshard_bidder.configmap_watch`), keep it current with a
+:class:`TableFollower` feeding a :class:`SnapshotHolder`, and serve aiohttp on uvloop until
 SIGTERM or SIGINT, then finish what is in flight and exit 0. Keeping that here leaves each
 service's module with only its own request logic, and keeps the HTTP layer thin enough to
 swap for another server.
@@ -16,13 +17,15 @@ import signal
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
 from hotshard.routing import RoutingSnapshot
-from hotshard.routing.store import FileRoutingStore, FileTableWatcher, SnapshotHolder
+from hotshard.routing.store import FileRoutingStore, FileTableWatcher, RoutingStore, SnapshotHolder
+from hotshard_bidder.configmap_watch import ConfigMapRef, open_follower
+from hotshard_bidder.settings import BidderSettings, RouterSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,38 @@ def json_response(
     )
 
 
+class TableFollower(Protocol):
+    """What keeps a holder current, whether it polls a file or watches a ConfigMap."""
+
+    def refresh(self) -> bool:
+        """Adopt a newer table that is at hand now, without waiting; return whether one was."""
+        ...
+
+    def poke(self) -> None:
+        """Ask the background task to look for a newer table at once (after a 421, say)."""
+        ...
+
+    async def run(self) -> None:
+        """The background task that follows the table until cancelled."""
+        ...
+
+
 @dataclass
 class TableWatch:
     """The routing table as one service sees it: store, current snapshot and its watcher."""
 
-    store: FileRoutingStore
+    store: RoutingStore
     holder: SnapshotHolder
-    watcher: FileTableWatcher
+    watcher: TableFollower
+
+    @classmethod
+    def from_settings(cls, settings: BidderSettings | RouterSettings) -> TableWatch:
+        """The ConfigMap of ``routing_configmap`` when set, else the ``routing_file``."""
+        if settings.routing_configmap is not None:
+            store, follower = open_follower(ConfigMapRef.parse(settings.routing_configmap))
+            return cls(store, follower.holder, follower)
+        assert settings.routing_file is not None  # the settings require one of the two
+        return cls.open(settings.routing_file, settings.poll_interval)
 
     @classmethod
     def open(cls, path: Path, poll_interval: float) -> TableWatch:

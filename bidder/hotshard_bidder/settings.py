@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hotshard.routing.keys import CAMPAIGN_HEADER, DEFAULT_CAMPAIGN_POINTERS, KeyExtractor
@@ -23,9 +23,21 @@ S = TypeVar("S", bound=BaseSettings)
 
 
 class _KeySettings(BaseSettings):
+    # NB: populate_by_name lets flags set routing_configmap by its field name despite its alias.
+    model_config = SettingsConfigDict(populate_by_name=True)
+
     host: str = Field(default="127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(default=0, ge=0, le=65535, description="Port to bind (0 picks a free one).")
-    routing_file: Path = Field(description="The routing table file (FileRoutingStore).")
+    routing_file: Path | None = Field(
+        default=None, description="The routing table file (FileRoutingStore)."
+    )
+    routing_configmap: str | None = Field(
+        # One variable for both services: the operator points routers and bidders at one map.
+        default=None,
+        validation_alias="HOTSHARD_ROUTING_CONFIGMAP",
+        description="`[namespace/]name` of the routing ConfigMap, watched through the API "
+        "instead of a file; the namespace defaults to the pod's own.",
+    )
     poll_interval: float = Field(
         # NB: 50 ms keeps a service one poll behind a commit, far inside a 100 ms deadline.
         default=0.05,
@@ -42,6 +54,12 @@ class _KeySettings(BaseSettings):
         ge=1024,
         description="Bodies larger than this get 413.",
     )
+
+    @model_validator(mode="after")
+    def _one_routing_source(self) -> Self:
+        if (self.routing_file is None) == (self.routing_configmap is None):
+            raise ValueError("give exactly one of routing_file and routing_configmap")
+        return self
 
     def key_extractor(self) -> KeyExtractor:
         return KeyExtractor(header=self.campaign_header, campaign_pointers=self.campaign_pointers)
@@ -147,6 +165,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default: a free one)")
     parser.add_argument("--routing-file", type=Path, help="routing table JSON file")
+    parser.add_argument(
+        "--routing-configmap", help="[namespace/]name of the routing ConfigMap to watch instead"
+    )
     parser.add_argument("--poll-interval", type=float, help="seconds between routing checks")
     parser.add_argument("--campaign-header", help=f"campaign key header ({CAMPAIGN_HEADER})")
     parser.add_argument(
@@ -173,6 +194,7 @@ COMMON_FIELDS = (
     "host",
     "port",
     "routing_file",
+    "routing_configmap",
     "poll_interval",
     "campaign_header",
     "campaign_pointers",
