@@ -88,6 +88,22 @@ def test_a_surge_fires_on_the_first_bucket() -> None:
     assert first.hot[0].score == pytest.approx(50.0, rel=0.001)
 
 
+def test_a_partition_first_reported_in_a_spike_is_a_surge_not_its_new_normal() -> None:
+    # A campaign with no request before its spike has no metrics series until it wakes up.
+    engine, table = quiet_engine(), fleet()
+    quiet = {p: load for p, load in flat().items() if p not in (5, 6)}
+    for t in range(10):
+        assert not run(engine, table, t, quiet).hot
+    woke = quiet | {5: PartitionLoad(rate=300.0, cpu=0.15), 6: PartitionLoad(rate=4.0, cpu=0.002)}
+    first = run(engine, table, 10, woke)
+    # Its rate baseline is zero, not 300: hot on the first bucket. The small newcomer (under the
+    # 20 req/s floor) is not, and its baseline is simply its rate.
+    assert [(h.partition, h.signal) for h in first.hot] == [(5, "rate")]
+    assert "rate 300 req/s against a baseline of 0 req/s" in first.hot[0].reason
+    assert engine._detector is not None
+    assert engine._detector.baseline[D_RATE, 6] == pytest.approx(4.0)
+
+
 def test_spike_below_the_absolute_floor_is_not_hot() -> None:
     engine, table = quiet_engine(), fleet()
     for t in range(5):

@@ -78,8 +78,11 @@ class DemoFleet:
         self.pending: list[int] = []  # buckets until each asked-for shard is ready
         self.added = 0
 
-    def step(self, factors: dict[str, float]) -> Decision:
+    def step(self, factors: dict[str, float], slow: Sequence[int] = ()) -> Decision:
+        """One bucket: campaigns at ``factors`` x normal, partitions ``slow`` at 150 ms."""
         parts = {p: PartitionLoad(BACKGROUND, BACKGROUND * CPR, latency=0.01) for p in range(V)}
+        for p in slow:
+            parts[p] = PartitionLoad(BACKGROUND, BACKGROUND * CPR, latency=0.15)
         campaigns = []
         for name, factor in factors.items():
             p = partition_of(name, V)
@@ -223,3 +226,19 @@ def test_the_demo_spike_on_two_campaigns_stays_off_base_shards_and_merges_back_o
     released = [r.split()[3].rstrip(":") for kind, r in after if kind == "release_shard"]
     assert released == sorted(released, key=lambda n: -int(n.split("-")[1]))
     assert len([s for s in fleet.table.shards if s.tier == "overflow"]) == 3
+
+
+def test_a_slow_neighbour_of_the_spike_does_not_take_a_warm_shard() -> None:
+    fleet = DemoFleet(demo_engine())
+    fleet.run({EVAN: 1.0}, 20)
+    start = len(fleet.decisions)
+    # In the demo a base-1 partition with almost no traffic went from 10 to 150 ms as the spike
+    # hit its shard: a latency surge. It is a symptom: load is relieved first, and a symptom is
+    # placed as ordinary load (base shards first), never on the warm pool the spike needs.
+    decision = fleet.step({EVAN: 100.0}, slow=[2683])
+    assert [(h.partition, h.signal) for h in decision.hot] == [(2118, "rate"), (2683, "latency")]
+    changes = [(a.kind, a.partition, a.target) for a in decision.actions if a.kind != "refill_pool"]
+    assert changes == [("claim_shard", None, ("overflow-0",)), ("migrate", 2118, ("overflow-0",))]
+    fleet.step({EVAN: 800.0}, slow=[2683])
+    assert fleet.table.owners()[2683] == "base-1"
+    assert fleet.neighbour_moves(start) == []

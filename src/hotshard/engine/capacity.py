@@ -58,18 +58,29 @@ def rebalance(
     for name in over:
         members = np.flatnonzero(owner_idx == names.index(name))
         order = members[np.lexsort((members, -units[members]))][:MAX_TRIES_PER_SHARD]
-        for p in order.tolist():
+        # Movable: ordinary (hot load goes to warm shards, by relief), not settling, and
+        # neither empty nor too big for any one shard (that is a split's job).
+        movable = [
+            p
+            for p in order.tolist()
+            if ws.owners[p] == name
+            and (p, None) not in ws.splits
+            and p not in hot
+            and not ws.settling(p, None)
+            and 0 < units[p] <= target
+        ]
+        if ws.util(name) - float(units[movable].sum()) > target:
+            ws.notes.append(
+                f"shard {name} is at {ws.util(name):.0%} and moving all of its {len(movable)} "
+                "largest movable partitions would not bring it under target: no neighbour moves"
+            )
+            continue
+        for p in movable:
             if ws.util(name) <= target:
                 break
             if not ws.can_change():
                 ws.notes.append(f"shard {name} is over target; the churn limit defers the rest")
                 return
-            if ws.owners[p] != name or (p, None) in ws.splits or ws.settling(p, None):
-                continue
-            if p in hot:
-                continue  # hot load goes to warm shards, by relief, never to a neighbour
-            if units[p] <= 0 or units[p] > target:
-                continue  # nothing to gain, or too big for any one shard: a split's job
             why = f"shard {name} is at {ws.util(name):.0%}, over the {target:.0%} target"
             dest = ws.place(float(rate[p]), float(cpu[p]), {name}, why)
             if not dest:

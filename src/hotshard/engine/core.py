@@ -163,7 +163,8 @@ class Engine:
             now,
             latest=(last_rate, last_cpu),
         )
-        spots = list(hot)
+        # Load before symptoms: a shard's latency is relieved by moving what loads it.
+        spots = sorted(hot, key=lambda s: s.signal in ("latency", "memory"))
         if cfg.prediction.enabled:
             predicted = self._predict(
                 window, detector, rate, (resident_rate, resident_cpu), ws, campaigns, now

@@ -63,6 +63,7 @@ class Detector:
         shape = (len(DETECTED), partitions)
         self.baseline = np.zeros(shape)
         self.seeded = np.zeros(partitions, dtype=bool)
+        self.updates = 0
         self.count = np.zeros(partitions)
         self.streak = np.zeros(shape)
         self.last_hot = np.full(partitions, -np.inf)
@@ -87,8 +88,18 @@ class Detector:
         c = self.config
         present = np.isfinite(values)
         observed = present[D_RATE]
-        judged = observed & self.seeded
         v = np.where(present, values, 0.0)
+        if self.updates:
+            # A partition first reported after the first bucket had no traffic until now (a
+            # metrics series appears with its first request): its rate and CPU baselines are
+            # zero, so a campaign that wakes up at 1000x is a surge, not its new normal.
+            late = observed & ~self.seeded
+            self.baseline[:, late] = v[:, late]
+            self.baseline[D_RATE, late] = 0.0
+            self.baseline[D_CPU, late] = 0.0
+            self.seeded |= late
+        self.updates += 1
+        judged = observed & self.seeded
         factor = np.maximum(c.min_hot_factor, c.hot_factor * (1 - c.heat_discount * self.heat(now)))
         above_floor = v >= self._floors
         # CPU per request only counts where the CPU itself is worth a look.

@@ -67,9 +67,9 @@ def spot_growth(
     config: EngineConfig,
 ) -> Growth:
     """How fast a detected hot spot's partition rises, from its rate this bucket and the one
-    before (per partition). Forecasts and events carry their own growth; a resource hot spot
-    needs a sandbox, not room."""
-    if spot.signal in ("forecast", "calendar", "cpu_per_request"):
+    before (per partition). Only load grows: forecasts and events carry their own growth, a
+    resource hot spot needs a sandbox, and latency or memory is a symptom."""
+    if spot.signal not in ("rate", "cpu"):
         return STEADY
     p = spot.partition
     return assess_growth(

@@ -236,11 +236,14 @@ class Workspace:
         pools = [list(self.idle), self.serving("overflow")]
         return [*pools, self.serving()] if any_tier else pools
 
+    def ordinary_pools(self) -> list[list[str]]:
+        """Where ordinary load goes: base shards, then serving overflow shards, then warm ones."""
+        return [self.serving("base"), self.serving("overflow"), list(self.idle)]
+
     def place(self, rate: float, cpu: float, exclude: set[str], why: str, k: int = 1) -> list[str]:
-        """``k`` shards for ordinary (not hot) load, each staying under target with its share:
-        base shards first, then serving overflow shards, then claimed warm shards."""
-        pools = [self.serving("base"), self.serving("overflow"), list(self.idle)]
-        chosen = self.choose(rate / k, cpu / k, k, pools, exclude)
+        """``k`` shards for ordinary (not hot) load, each staying under target with its share,
+        from :meth:`ordinary_pools`; claims the warm shards it takes."""
+        chosen = self.choose(rate / k, cpu / k, k, self.ordinary_pools(), exclude)
         if len(chosen) < k:
             return []
         for name in chosen:

@@ -59,6 +59,9 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
         if not held_back(ws, where, p, campaign, widen=False):
             quarantine(ws, spot, current, rate, cpu)
         return True
+    # Latency or memory over its bar is a symptom: the load that causes it is relieved first
+    # (spots come load first), and the partition itself is placed as ordinary load.
+    symptom = spot.signal in ("latency", "memory")
     plan_rate, plan_cpu = load_of(spot, rate, cpu, cap)
     grown = (max(plan_rate, rate * growth.factor), max(plan_cpu, cpu * growth.factor))
     # Need: the owners' peak with the spot's forecast or calendar growth on top (measured
@@ -105,7 +108,8 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
     chosen: list[str] = []
     for index, ((r, c), any_tier, _) in enumerate(attempts):
         k = max(least, ws.ways(ws.units(r, c)))
-        chosen = ws.choose(r / k, c / k, k, [keep, *ws.hot_pools(any_tier)], exclude)
+        pools = ws.ordinary_pools() if symptom else ws.hot_pools(any_tier)
+        chosen = ws.choose(r / k, c / k, k, [keep, *pools], exclude)
         if index == 0 and len(chosen) < k:
             ws.shortfall += k - len(chosen)
         if len(chosen) == k:
