@@ -138,7 +138,8 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
         ws.owners[p] = targets[0]
     else:
         ws.splits[key] = targets
-    verb = "move" if kind == "migrate" else ("widen" if widen else "split") + f" {k} ways"
+    kept = widen and bool(set(keep) & set(targets))  # a widening that could keep no shard moves
+    verb = "move" if kind == "migrate" else ("widen" if kept else "split") + f" {k} ways"
     why = spot.reason
     if index == 0 and growth.why:
         why += f"; {growth.why}"
