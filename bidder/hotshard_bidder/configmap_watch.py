@@ -68,7 +68,10 @@ class ConfigMapRef:
 
 
 def pod_namespace() -> str:
-    """The namespace this process runs in when it runs in a pod, else ``default``."""
+    """``HOTSHARD_NAMESPACE`` (the chart sets it from the pod), the pod's own namespace file,
+    else ``default``."""
+    if os.environ.get("HOTSHARD_NAMESPACE"):
+        return os.environ["HOTSHARD_NAMESPACE"]
     try:
         return NAMESPACE_FILE.read_text().strip() or "default"
     except OSError:
