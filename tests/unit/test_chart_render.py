@@ -115,7 +115,8 @@ def test_rbac_is_namespaced_except_a_read_only_crd_watch() -> None:
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
             "verbs": ["get", "list", "watch"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     ]
     template = (CHART / "templates" / "rbac.yaml").read_text()
     rules = template.count("  - apiGroups:")
