@@ -85,7 +85,9 @@ def watch() -> Iterator[FakeWatch]:
     fake.closed.set()
 
 
-def test_ref_parses_namespace_and_defaults_it() -> None:
+def test_ref_parses_namespace_and_defaults_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOTSHARD_NAMESPACE", "from-env")
+    assert ConfigMapRef.parse("fleet-routing") == ConfigMapRef("from-env", "fleet-routing")
     assert ConfigMapRef.parse("bidding/fleet-routing") == ConfigMapRef("bidding", "fleet-routing")
     assert ConfigMapRef.parse("fleet-routing", "ns") == ConfigMapRef("ns", "fleet-routing")
     assert str(ConfigMapRef.parse("fleet-routing", "ns")) == "ns/fleet-routing"
