@@ -67,10 +67,12 @@ class Answer:
     body: bytes
     headers: dict[str, str]
     shard: str = NO_SHARD
+    label: str = ""
+    """The outcome to count, when the status alone does not say it (a shed 429, say)."""
 
     @property
     def outcome(self) -> str:
-        return OUTCOMES.get(self.status, f"http_{self.status}")
+        return self.label or OUTCOMES.get(self.status, f"http_{self.status}")
 
 
 def error_answer(status: int, reason: str, shard: str = NO_SHARD, **extra: str) -> Answer:

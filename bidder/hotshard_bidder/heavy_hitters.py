@@ -67,6 +67,11 @@ class SpaceSaving:
             counts[key] = floor + weight
             self._errors[key] = floor
 
+    def lower_bound(self, key: str) -> float:
+        """The weight ``key`` certainly has (its count minus what it inherited); 0 if untracked."""
+        count = self._counts.get(key)
+        return 0.0 if count is None else count - self._errors[key]
+
     def top(self, k: int) -> list[HeavyHitter]:
         """The ``k`` heaviest keys, heaviest first (ties broken by key, for stable output)."""
         ranked = sorted(self._counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
@@ -109,6 +114,18 @@ class WindowedTopK:
         if self.clock() >= self._end:
             self.roll()
         self._sketch.add(key, weight)
+
+    def current_lower_bound(self, key: str) -> float:
+        """What ``key`` certainly weighs so far in the current, unfinished window."""
+        return self._sketch.lower_bound(key)
+
+    @property
+    def current_window_end(self) -> float:
+        return self._end
+
+    @property
+    def current_window_start(self) -> float:
+        return self._end - self.window
 
     def roll(self) -> None:
         """Close the current window if its time is up; publish its top k."""

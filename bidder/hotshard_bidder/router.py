@@ -41,6 +41,7 @@ from hotshard_bidder.settings import (
     add_common_flags,
     settings_from_args,
 )
+from hotshard_bidder.shedding import HotKeyShedder
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,14 @@ class RouterApp:
         watch.holder.on_swap(self._on_swap)
         self.forwarder: Forwarder | None = None
         self.admission = Admission(settings.max_inflight)
+        self.shedder = HotKeyShedder(settings.hot_key_limit_rps, self.metrics.hot)
 
     def _partition_of(self, campaign: str) -> int:
         return self.watch.holder.current.partition(campaign)
+
+    def _ways(self, campaign: str) -> int:
+        snapshot = self.watch.holder.current
+        return snapshot.ways(snapshot.partition(campaign), campaign)
 
     def _on_swap(self, old: RoutingSnapshot, new: RoutingSnapshot) -> None:
         self.metrics.set_version(new.version)
@@ -154,6 +160,18 @@ class RouterApp:
         if campaign is None:
             return error_answer(400, f"no campaign key; looked in {self.extractor.describe()}"), 0
         self.metrics.hot.add(campaign)
+        if self.shedder.enabled and not self.shedder.allow(
+            campaign, lambda: self._ways(campaign), time.time()
+        ):
+            per_shard = self.settings.hot_key_limit_rps
+            answer = error_answer(
+                429,
+                f"campaign {campaign!r} is over its {per_shard:g} req/s per-shard allowance at the "
+                "router; its excess is shed until it is split",
+                **{"Retry-After": str(RETRY_AFTER_S)},
+            )
+            answer.label = "shed"
+            return answer, 0
         budget_ms = self.deadline_ms(doc)
         deadline_ms = int(time.time() * 1000) + budget_ms
         assert self.forwarder is not None, "the session starts with the app"
@@ -207,6 +225,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-inflight", type=int, help="requests in progress beyond which 429 (default 256)"
     )
+    parser.add_argument(
+        "--hot-key-limit-rps",
+        type=float,
+        help="req/s one campaign may send per shard serving it before its excess is shed "
+        "(default 0: off)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -219,6 +243,7 @@ def main(args: argparse.Namespace) -> int:
         "hot_k",
         "connections_per_shard",
         "max_inflight",
+        "hot_key_limit_rps",
     )
     try:
         settings = settings_from_args(RouterSettings, args, fields)

@@ -152,6 +152,14 @@ class RouterSettings(_KeySettings):
         ge=1,
         description="Requests in progress beyond which new ones get 429.",
     )
+    hot_key_limit_rps: float = Field(
+        # NB: 0 (off) by default: the right figure is a share of one shard's capacity, which
+        # only the deployment knows; local mode sets half a shard (docs/dataplane.md).
+        default=0.0,
+        ge=0,
+        description="Requests per second one campaign may send to each shard serving it before "
+        "the router sheds its excess with 429 (0: never shed).",
+    )
     connections_per_shard: int = Field(
         # NB: 64 matches a bidder's default max-inflight; more would only queue in the shard.
         default=64,
