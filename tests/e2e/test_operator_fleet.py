@@ -279,7 +279,7 @@ def test_a_router_follows_the_configmap_with_its_own_account(fleet: Fleet) -> No
         table, token = fleet.store().read()
         assert fleet.wait_until("the router's first table", version) == table.version
         # A write the router can only learn of through its watch. A merge patch keeps the owner
-        # reference (store.replace drops it: see the xfail test below).
+        # reference, as store.replace does (test_a_replaced_routing_configmap_keeps_its_owner).
         bumped = table.with_owners(table.owners(), version=table.version + 1)
         patch = {"metadata": {"resourceVersion": token}, "data": {TABLE_KEY: bumped.to_json()}}
         client.CoreV1Api(fleet.cluster.api).patch_namespaced_config_map(
@@ -294,11 +294,6 @@ def test_a_router_follows_the_configmap_with_its_own_account(fleet: Fleet) -> No
     assert "cannot read routing ConfigMap" not in router.log_tail(200)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TODO(#5): ConfigMapRoutingStore.replace PUTs metadata without ownerReferences, so "
-    "after the operator's first reshard the routing ConfigMap outlives its PartitionMap",
-)
 def test_a_replaced_routing_configmap_keeps_its_owner(fleet: Fleet) -> None:
     # A ConfigMap of its own (owned by the map), so the bug cannot leak into the GC test.
     owner = {

@@ -102,6 +102,19 @@ def test_replace_with_current_token_advances(store: ConfigMapRoutingStore) -> No
     assert new_token == "102"
 
 
+def test_replace_keeps_the_owner_reference_and_labels(
+    store: ConfigMapRoutingStore, api: FakeCoreV1
+) -> None:
+    owner = {"apiVersion": "hotshard.io/v1alpha1", "kind": "PartitionMap", "name": "m", "uid": "u1"}
+    token = store.initialize(first_table(), owner_references=[owner])
+    api.objects[store.name]["metadata"]["labels"]["team"] = "bidding"  # set by someone else
+    store.replace(next_table(first_table()), token)
+    meta = api.objects[store.name]["metadata"]
+    # A PUT without them would drop both, and the ConfigMap would outlive its PartitionMap.
+    assert meta["ownerReferences"] == [owner]
+    assert meta["labels"]["team"] == "bidding"
+
+
 def test_stale_token_is_refused_without_a_write(
     store: ConfigMapRoutingStore, api: FakeCoreV1
 ) -> None:

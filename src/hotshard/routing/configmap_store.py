@@ -59,6 +59,26 @@ def _field(obj: Any, snake: str, camel: str) -> Any:
     return getattr(obj, snake, None)
 
 
+def _owner_dict(ref: Any) -> dict[str, Any]:
+    """An owner reference as the API's JSON, from a client model object or a plain dict."""
+    if isinstance(ref, Mapping):
+        return dict(ref)
+    out = {
+        "apiVersion": ref.api_version,
+        "kind": ref.kind,
+        "name": ref.name,
+        "uid": ref.uid,
+    }
+    for snake, camel in (
+        ("controller", "controller"),
+        ("block_owner_deletion", "blockOwnerDeletion"),
+    ):
+        value = getattr(ref, snake, None)
+        if value is not None:
+            out[camel] = value
+    return out
+
+
 def parse_config_map(obj: Any) -> tuple[RoutingTable, str]:
     """The table in a ConfigMap object and the object's resourceVersion."""
     data = _field(obj, "data", "data") or {}
@@ -130,11 +150,22 @@ class ConfigMapRoutingStore:
         return parse_config_map(created)[1]
 
     def replace(self, table: RoutingTable, token: str) -> str:
-        current, current_token = self.read()
+        obj = self.api.read_namespaced_config_map(self.name, self.namespace)
+        current, current_token = parse_config_map(obj)
         if current_token != token:
             raise StaleTokenError(f"ConfigMap {self.namespace}/{self.name} changed since read")
         check_successor(current, table)
-        body = build_config_map(self.name, table, resource_version=token, labels=self.labels)
+        # NB: a PUT replaces the whole object: whatever metadata is not sent is dropped, and a
+        # ConfigMap without its owner reference would outlive its PartitionMap.
+        meta = _field(obj, "metadata", "metadata")
+        owners = _field(meta, "owner_references", "ownerReferences")
+        body = build_config_map(
+            self.name,
+            table,
+            resource_version=token,
+            labels={**dict(_field(meta, "labels", "labels") or {}), **self.labels},
+            owner_references=[_owner_dict(o) for o in owners] if owners else None,
+        )
         try:
             replaced = self.api.replace_namespaced_config_map(self.name, self.namespace, body)
         except Exception as exc:
