@@ -23,8 +23,9 @@ system-deps:
 demo: $(STAMP) system-deps
 	$(BIN)/hotshard demo $(DEMO_ARGS)
 
-## Every test tier CI runs: lint, unit, integration (real processes on 127.0.0.1).
-test: lint unit integration
+## Every test tier CI runs: lint, unit, integration (real processes on 127.0.0.1), and e2e (a
+## real Kubernetes control plane on 127.0.0.1; the first run builds it, about 12-15 minutes).
+test: lint unit integration e2e
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
