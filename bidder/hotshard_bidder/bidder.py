@@ -12,15 +12,13 @@ import asyncio
 import logging
 
 from prometheus_client import disable_created_metrics
-from pydantic import ValidationError
 
 from hotshard_bidder.app import BidderApp
-from hotshard_bidder.serving import TableWatch, install_uvloop, serve, tick
+from hotshard_bidder.serving import install_uvloop, open_service, serve, tick
 from hotshard_bidder.settings import (
     COMMON_FIELDS,
     BidderSettings,
     add_common_flags,
-    settings_from_args,
 )
 
 log = logging.getLogger(__name__)
@@ -63,16 +61,10 @@ def main(args: argparse.Namespace) -> int:
         *("shard", "max_inflight", "budget_per_second", "work_rounds"),
         *("resource_guard", "cpu_budget"),
     )
-    try:
-        settings = settings_from_args(BidderSettings, args, fields)
-    except ValidationError as exc:
-        log.error("invalid bidder settings (flags or HOTSHARD_BIDDER_* env):\n%s", exc)
+    opened = open_service(BidderSettings, args, fields, "bidder")
+    if opened is None:
         return 2
-    try:
-        watch = TableWatch.from_settings(settings)
-    except (OSError, ValueError) as exc:
-        log.error("cannot load the routing table %s: %s", settings.routing_file, exc)
-        return 2
+    settings, watch = opened
     if settings.shard not in watch.holder.current.urls:
         log.warning(
             "shard %s is not in routing table version %d; it will answer 421",

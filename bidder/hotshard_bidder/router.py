@@ -21,7 +21,6 @@ import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import disable_created_metrics
-from pydantic import ValidationError
 
 from hotshard.routing import RoutingSnapshot
 from hotshard_bidder.admission import RETRY_AFTER_S, Admission
@@ -32,6 +31,7 @@ from hotshard_bidder.serving import (
     TableWatch,
     install_uvloop,
     json_response,
+    open_service,
     serve,
     tick,
 )
@@ -39,7 +39,6 @@ from hotshard_bidder.settings import (
     COMMON_FIELDS,
     RouterSettings,
     add_common_flags,
-    settings_from_args,
 )
 from hotshard_bidder.shedding import HotKeyShedder
 
@@ -245,16 +244,10 @@ def main(args: argparse.Namespace) -> int:
         "max_inflight",
         "hot_key_limit_rps",
     )
-    try:
-        settings = settings_from_args(RouterSettings, args, fields)
-    except ValidationError as exc:
-        log.error("invalid router settings (flags or HOTSHARD_ROUTER_* env):\n%s", exc)
+    opened = open_service(RouterSettings, args, fields, "router")
+    if opened is None:
         return 2
-    try:
-        watch = TableWatch.from_settings(settings)
-    except (OSError, ValueError) as exc:
-        log.error("cannot load the routing table %s: %s", settings.routing_file, exc)
-        return 2
+    settings, watch = opened
     install_uvloop()
     # NB: *_created series double the exposition and nobody queries them.
     disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -10,6 +10,7 @@ swap for another server.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -17,15 +18,16 @@ import signal
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
 from hotshard.routing import RoutingSnapshot
 from hotshard.routing.store import FileRoutingStore, FileTableWatcher, RoutingStore, SnapshotHolder
 from hotshard_bidder.configmap_watch import ConfigMapRef, open_follower
-from hotshard_bidder.settings import BidderSettings, RouterSettings
+from hotshard_bidder.settings import BidderSettings, RouterSettings, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,35 @@ class TableWatch:
         watcher = FileTableWatcher(store, holder, interval=poll_interval)
         watcher.refresh()
         return cls(store, holder, watcher)
+
+
+ServiceSettings = TypeVar("ServiceSettings", BidderSettings, RouterSettings)
+
+
+def open_service(
+    cls: type[ServiceSettings], args: argparse.Namespace, fields: tuple[str, ...], name: str
+) -> tuple[ServiceSettings, TableWatch] | None:
+    """Settings from flags and environment, and the routing table they point at.
+
+    Returns ``None`` after logging what was wrong (bad settings, or a table that cannot be
+    read), so that ``main`` exits with status 2 and a message instead of a traceback.
+    """
+    prefix = cls.model_config.get("env_prefix", "")
+    try:
+        settings = settings_from_args(cls, args, fields)
+    except ValidationError as exc:
+        log.error("invalid %s settings (flags or %s* env):\n%s", name, prefix, exc)
+        return None
+    where = (
+        f"ConfigMap {settings.routing_configmap}"
+        if settings.routing_configmap is not None
+        else str(settings.routing_file)
+    )
+    try:
+        return settings, TableWatch.from_settings(settings)
+    except (OSError, ValueError) as exc:
+        log.error("cannot load the routing table from %s: %s", where, exc)
+        return None
 
 
 def install_uvloop() -> None:
