@@ -298,7 +298,7 @@ def test_scale_down_waits_for_the_cooldown_then_merges_and_releases_highest_ordi
             break
     assert merged_at is not None
     # The campaign is calm from the first quiet second; the merge waits the 120 s cooldown.
-    assert 120 <= merged_at - calm_from <= 122
+    assert merged_at - calm_from in (120, 121, 122)
     assert list(drv.table.splits) == []
     released: list[str] = []
     for _ in range(300):
