@@ -349,10 +349,16 @@ def main(args: argparse.Namespace) -> int:
         if args.cooldown is not None
         else (QUICK_COOLDOWN_S if args.quick else DEMO_COOLDOWN_S)
     )
+    if cooldown < 0:
+        print(f"hotshard demo: --cooldown must be zero or more seconds, not {cooldown:g}")
+        return 2
     atexit.register(_run_cleanups)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return asyncio.run(_demo(args, plan, cooldown))
+    except KeyboardInterrupt:
+        print("hotshard demo: interrupted; stopping every process it started", flush=True)
+        return 130
     finally:
         _run_cleanups()
         signal.signal(signal.SIGTERM, previous)

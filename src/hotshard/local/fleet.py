@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ import aiohttp
 from hotshard.control.actuator import PoolChange
 from hotshard.engine.model import PoolState
 from hotshard.local.cgroups import CpuLimiter
-from hotshard.local.processes import ServiceProcess, free_port
+from hotshard.local.processes import ServiceError, ServiceProcess, free_port
 from hotshard.routing import RoutingTable, Shard
 from hotshard.routing.table import Tier
 
@@ -80,6 +81,10 @@ class LocalFleet:
         default_factory=lambda: {"base": 0, "overflow": 0, "sandbox": 0}
     )
     _session: aiohttp.ClientSession | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _spawning: dict[str, ServiceProcess] = field(default_factory=dict)
+    """Services being started in a worker thread, so that ``stop_all`` can reach them too."""
+    _closed: bool = False
 
     # -- processes ------------------------------------------------------------------------
 
@@ -107,7 +112,16 @@ class LocalFleet:
             port=port,
             log_path=self.run_dir / "logs" / f"{name}.log",
         )
-        service.start()
+        with self._lock:
+            if self._closed:
+                raise ServiceError(f"not starting {name}: the fleet is stopping")
+            self._spawning[name] = service
+        try:
+            service.start()
+        except BaseException:
+            with self._lock:
+                self._spawning.pop(name, None)
+            raise
         assert service.proc is not None
         if self.limiter is not None:
             try:
@@ -115,8 +129,19 @@ class LocalFleet:
             except OSError as exc:
                 log.warning("could not put %s under a CPU quota: %s", name, exc)
         shard = ShardProcess(name, tier, service, time.time())
-        self.shards[name] = shard
-        self.history.append(shard)
+        with self._lock:
+            self._spawning.pop(name, None)
+            closed = self._closed
+            if not closed:
+                self.shards[name] = shard
+                self.history.append(shard)
+        # NB: a start runs in a thread that Ctrl-C cannot cancel; if the fleet was stopped
+        # meanwhile, this process is the thread's to stop, or it would outlive the demo.
+        if closed:
+            service.stop()
+            if self.limiter is not None:
+                self.limiter.release(name)
+            raise ServiceError(f"stopped {name} at once: the fleet stopped while it started")
         return shard
 
     def stop_shard(self, name: str) -> None:
@@ -129,6 +154,11 @@ class LocalFleet:
             self.limiter.release(name)
 
     def stop_all(self) -> None:
+        with self._lock:
+            self._closed = True
+            spawning = list(self._spawning.values())
+        for service in spawning:
+            service.stop()  # its starting thread sees the fleet closed and stops it again if late
         for name in list(self.shards):
             self.stop_shard(name)
 
