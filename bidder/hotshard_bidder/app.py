@@ -35,6 +35,7 @@ from hotshard_bidder.serving import (
     VERSION_HEADER,
     TableWatch,
     json_response,
+    read_body,
 )
 from hotshard_bidder.settings import BidderSettings
 from hotshard_bidder.targeting import CampaignConfig
@@ -154,9 +155,11 @@ class BidderApp:
                 extra={"Retry-After": str(RETRY_AFTER_S)},
             )
         try:
-            body = await request.read()
+            body = await read_body(request)
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(413, "too_large", f"body over the {limit}-byte limit", started)
+        if isinstance(body, str):
+            return self._refuse(408, "bad_request", body, started)
         return self._bid(request, body, started)
 
     def _bid(self, request: web.Request, body: bytes, started: float) -> web.Response:

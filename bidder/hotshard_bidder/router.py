@@ -32,6 +32,7 @@ from hotshard_bidder.serving import (
     install_uvloop,
     json_response,
     open_service,
+    read_body,
     serve,
     tick,
 )
@@ -146,9 +147,11 @@ class RouterApp:
         if request.content_length is not None and request.content_length > limit:
             return error_answer(413, f"body over the {limit}-byte limit"), 0
         try:
-            body = await request.read()
+            body = await read_body(request)
         except web.HTTPRequestEntityTooLarge:
             return error_answer(413, f"body over the {limit}-byte limit"), 0
+        if isinstance(body, str):
+            return error_answer(408, body), 0
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:

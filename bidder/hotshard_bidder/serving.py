@@ -123,6 +123,26 @@ def open_service(
         return None
 
 
+BODY_READ_TIMEOUT_S = 0.5
+"""A body not fully received within 500 ms, the longest deadline a request may have, could not
+be answered in time anyway: answer 408 and free the slot, so slow senders cannot hold the
+in-flight budget that everyone else shares."""
+
+
+async def read_body(request: web.Request) -> bytes | str:
+    """The request's body, or the reason it could not be read (too slow, or the client left).
+
+    ``web.HTTPRequestEntityTooLarge`` is left to the caller, which knows its limit.
+    """
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+            return await request.read()
+    except TimeoutError:
+        return f"request body not received within {BODY_READ_TIMEOUT_S * 1000:.0f} ms"
+    except ConnectionError as exc:
+        return f"connection lost while reading the body: {exc}"
+
+
 def install_uvloop() -> None:
     """Use uvloop when it is installed; the stdlib loop works too, only slower."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 
@@ -136,3 +137,26 @@ def test_an_expired_deadline_is_refused_before_any_work(fleet: Fleet) -> None:
     status, got, _ = post(shard.url + "/", body, headers)
     assert status == 504
     assert got["X-Hotshard-Cost-Us"] == "0"
+
+
+def slow_post(url: str, sent: bytes, declared: int) -> tuple[int, bytes]:
+    """Declare ``declared`` body bytes, send only ``sent``, and wait for the answer."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        head = (
+            f"POST /openrtb2/auction HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"X-Hotshard-Campaign: slow\r\nContent-Length: {declared}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + sent)
+        answer = sock.recv(65536)
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.split(b"\r\n\r\n", 1)[1]
+
+
+def test_a_body_that_never_arrives_gets_408_not_a_hang(fleet: Fleet) -> None:
+    shard = fleet.bidder("shard-0")
+    router = fleet.router()
+    for service in (shard, router):
+        status, body = slow_post(service.url, b'{"id":', declared=100)
+        assert status == 408, service.name
+        assert b"request body not received within 500 ms" in body
