@@ -99,3 +99,12 @@ def test_watcher_refresh_adopts_a_newer_file_and_keeps_the_good_table_on_garbage
     os.utime(store.path, ns=(1, 1))
     assert watcher.refresh() is False
     assert holder.current.version == 2
+
+
+def test_a_holder_refuses_a_table_with_another_partition_count() -> None:
+    shards = [Shard(name="s0", url="http://127.0.0.1:1")]
+    holder = SnapshotHolder(RoutingSnapshot(RoutingTable.even(shards, partitions=64)))
+    assert not holder.offer(RoutingTable.even(shards, partitions=16, version=2))
+    assert holder.current.version == 1
+    assert holder.offer(RoutingTable.even(shards, partitions=64, version=3))
+    assert holder.current.version == 3

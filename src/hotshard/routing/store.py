@@ -108,8 +108,23 @@ class SnapshotHolder:
         self._listeners.append(listener)
 
     def offer(self, table: RoutingTable) -> bool:
-        """Adopt ``table`` if it is newer than the current one. Returns whether it was adopted."""
+        """Adopt ``table`` if it is newer than the current one. Returns whether it was adopted.
+
+        A table with a different number of virtual partitions is refused: every campaign would
+        hash elsewhere, and state keyed by partition would be wrong. Stores refuse such a
+        replacement; a file edited by hand can still hold one, so it is checked here too.
+        """
         if table.version <= self.current.version:
+            return False
+        if table.partitions != self.current.partitions:
+            log.error(
+                "routing table version %d has %d virtual partitions, not %d: refused, keeping "
+                "version %d (the partition count of a running fleet is fixed)",
+                table.version,
+                table.partitions,
+                self.current.partitions,
+                self.current.version,
+            )
             return False
         old, new = self.current, RoutingSnapshot(table)
         self.current = new
