@@ -127,7 +127,7 @@ class ControlLoop:
         self.planner = planner or default_planner()
         self.timeline = timeline or Timeline()
         self.last: TickResult | None = None
-        self._was_hot = False
+        self._hot_partitions: frozenset[int] = frozenset()
 
     async def tick(self, now: float | None = None) -> TickResult:
         now = time.time() if now is None else now
@@ -177,12 +177,14 @@ class ControlLoop:
         return self.engine.step(observation, table, pool)
 
     def _record_decision(self, now: float, decision: Decision, observation: Observation) -> None:
-        hot = bool(decision.hot)
-        if hot and not self._was_hot:
+        # NB: a detection is recorded whenever a partition turns hot, not only when the fleet
+        # turns hot: a second hot spot while the first is still hot is news too.
+        hot = frozenset(h.partition for h in decision.hot)
+        if hot - self._hot_partitions:
             self.timeline.add(now, "detect", decision.reason, decision)
-        elif not hot and self._was_hot:
+        elif not hot and self._hot_partitions:
             self.timeline.add(now, "calm", decision.reason, decision)
-        self._was_hot = hot
+        self._hot_partitions = hot
 
     def _roll_back(self, table: RoutingTable, token: str) -> tuple[RoutingTable, str]:
         """Undo a hand-over a previous tick left half-done, so the engine can plan again."""

@@ -50,7 +50,7 @@ from hotshard.local.scenario import (
 )
 from hotshard.local.traffic import GroupResult, TrafficRun, build_specs, write_hot_trace
 from hotshard.local.view import LiveView, Progress
-from hotshard.routing import RoutingTable, Shard
+from hotshard.routing import RoutingTable, Shard, partition_of
 from hotshard.routing.store import FileRoutingStore
 from hotshard.routing.table import Tier
 
@@ -243,6 +243,7 @@ async def run_pass(
             samples=samples,
             base_owners=base_owners,
             shard_seconds=fleet.shard_seconds(end),
+            spike_partitions=frozenset(partition_of(c) for c in plan.hot),
             resources=summarise_resources(applied, costs, list(loop.timeline), _rates(plan, groups))
             if plan.config_changes
             else {},

@@ -44,6 +44,8 @@ class PassRecord:
     base_owners: set[str]
     """Shards that owned the hot campaigns before the spike."""
     shard_seconds: float
+    spike_partitions: frozenset[int] = frozenset()
+    """Virtual partitions of the spiking campaigns: only their detection counts."""
     notes: list[str] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)
     """Resource figures (:func:`hotshard.local.resource_run.summarise_resources`), if any."""
@@ -53,12 +55,27 @@ def _since(t0: float, entry: Entry) -> float:
     return entry.time - t0
 
 
+def _names_spike(entry: Entry, partitions: frozenset[int]) -> bool:
+    """Whether a timeline entry's hot list names one of the spike's partitions."""
+    if not partitions:
+        return True  # a scenario with no spike: any detection counts
+    named = {int(h.split("/")[0].split(" ")[0]) for h in entry.hot}
+    return bool(named & partitions)
+
+
 def summarise_pass(record: PassRecord) -> dict[str, Any]:
     """The acceptance numbers of one pass."""
     spike_wall = record.t0 + record.spike_start
     # NB: half a second of slack: the generators' clocks and the loop's tick are not aligned.
     after = spike_wall - 0.5
-    detect = next((e for e in record.timeline if e.kind == "detect" and e.time >= after), None)
+    detect = next(
+        (
+            e
+            for e in record.timeline
+            if e.kind == "detect" and e.time >= after and _names_spike(e, record.spike_partitions)
+        ),
+        None,
+    )
     hot_report = record.groups["hot"].report
     new_owners = {s for s in hot_report.shards if s not in record.base_owners and s != "-"}
     handed = next(
