@@ -110,6 +110,9 @@ def summarise_pass(record: PassRecord) -> dict[str, Any]:
         "scaled_down": end < peak,
         "shard_seconds": round(record.shard_seconds, 1),
         "hot_answered_by": dict(hot_report.shards),
+        # NB: "-" is the router itself: mostly the 429s it sheds while a hot campaign is over
+        # its allowance, fast explicit answers instead of a queue on the shard.
+        "hot_answered_by_router": hot_report.shards.get("-", 0),
         "generator_fell_behind": any(
             g.report.generator_fell_behind for g in record.groups.values()
         ),
@@ -182,6 +185,19 @@ def render_markdown(summary: dict[str, Any], main: PassRecord) -> str:
             ours = summary["errors"].get(group, {}).get(phase)
             theirs = base.get("errors", {}).get(group, {}).get(phase)
             lines.append(f"| errors, {group}, {phase} | {_fmt(ours)} | {_fmt(theirs)} |")
+    lines.append(
+        f"| hot requests answered by the router itself | "
+        f"{_fmt(summary.get('hot_answered_by_router'))} | "
+        f"{_fmt(base.get('hot_answered_by_router'))} |"
+    )
+    lines += [
+        "",
+        "Errors for the hot campaigns with hotshard are mostly the router's deliberate 429s: while",
+        "a hot campaign is over its allowance (a quarter of a shard per shard serving it) the",
+        "router sheds its excess with a fast, explicit answer instead of letting it queue on the",
+        "shard that the other campaigns share (docs/dataplane.md). Without hotshard the same",
+        "excess waits on that shard until its deadline.",
+    ]
     if summary.get("config_changes"):
         from hotshard.local.resource_run import render_resources
 
