@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from hotshard.routing.keys import CAMPAIGN_HEADER
 
@@ -377,11 +377,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     fields = {n: getattr(args, n) for n in LoadSpec.model_fields if n != "run_id"}
-    spec = LoadSpec(**fields)
-    report = run_load_sync(spec)
+    try:
+        spec = LoadSpec(**fields)
+        report = run_load_sync(spec)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+            for e in exc.errors()
+        )
+        print(f"hotshard loadgen: invalid settings: {problems}")
+        return 2
+    except ValueError as exc:  # a profile or trace that cannot be read
+        print(f"hotshard loadgen: {exc}")
+        return 2
     print(format_summary(report))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report.model_dump_json(indent=2))
         print(f"report written to {args.out}")
+    if report.sent and not report.answered_total:
+        print(f"hotshard loadgen: none of {report.sent} requests was answered by {spec.target}")
+        return 1
     return 0
