@@ -131,18 +131,8 @@ class KubernetesCluster:
         await asyncio.to_thread(create, ref.namespace, body)
 
     def _ready(self, ref: FleetRef) -> dict[str, int]:
-        ready: dict[str, int] = {}
-        for tier in TIERS:
-            try:
-                sts = self.apps.read_namespaced_stateful_set_status(
-                    tier_name(ref.name, tier), ref.namespace
-                )
-            except client.ApiException as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            ready[tier] = int((sts.status.ready_replicas if sts.status else 0) or 0)
-        return ready
+        states = {tier: self._tier_status(ref, tier) for tier in TIERS}
+        return {tier: s.ready for tier, s in states.items() if s.replicas is not None}
 
     async def ready_shards(self, ref: FleetRef) -> dict[str, int]:
         return await asyncio.to_thread(self._ready, ref)
