@@ -90,9 +90,7 @@ def newest_query(scope: str = "") -> str:
     return f"max(timestamp(hotshard_bidder_inflight{matchers(scope)}))"
 
 
-SHARD_QUERIES = shard_queries()
 CAMPAIGN_QUERY = "max by (campaign, partition) (hotshard_router_hot_campaign_requests)"
-NEWEST_QUERY = newest_query()
 
 
 def vector_by(result: Any, label: str) -> dict[str, float]:
