@@ -150,8 +150,6 @@ class DirectSource:
         self._session = session
         self._previous: dict[str, ShardCounters] = {}
         self._fresh: dict[str, float] = {}
-        self.versions: dict[str, int] = {}
-        """The routing-table version each shard reported at its last poll."""
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -165,20 +163,19 @@ class DirectSource:
             resp.raise_for_status()
             return await resp.json(content_type=None)
 
-    async def _poll(self, name: str, url: str) -> ShardCounters | None:
+    async def _poll(self, url: str) -> ShardCounters | None:
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, OSError):
             return parse_stats(await self._get_json(url + "/stats"), time.time())
         return None
 
     async def observe(self, now: float) -> Observation:
         shards = dict(self._shards())
-        polled = await asyncio.gather(*(self._poll(n, u) for n, u in shards.items()))
+        polled = await asyncio.gather(*(self._poll(u) for u in shards.values()))
         per_shard: dict[str, ShardLoad] = {}
         partition_parts: list[dict[int, PartitionLoad]] = []
         for name, counters in zip(shards, polled, strict=True):
             if counters is None:
                 continue
-            self.versions[name] = counters.version
             self._fresh[name] = now
             before = self._previous.get(name)
             self._previous[name] = counters
