@@ -137,7 +137,7 @@ class ControlLoop:
         await self.actuator.released(table)
         observation = await self.source.observe(now)
         decision = self._decide(observation, table)
-        self._record_decision(now, decision, observation)
+        self._record_decision(now, decision)
         written: list[int] = []
         if decision.table is not None:
             if not self.settings.mitigate:
@@ -151,9 +151,9 @@ class ControlLoop:
                     f"metrics are {observation.age_seconds:.1f} s old; holding the table",
                 )
             else:
-                written += await self._apply(now, observation, decision, table, token)
+                written += await self._apply(observation, decision, table, token)
         if self.settings.mitigate:
-            written += await self._keep_pool(now, decision.warm_pool_target)
+            written += await self._keep_pool(decision.warm_pool_target)
         self.last = TickResult(observation, decision, tuple(written))
         return self.last
 
@@ -176,7 +176,7 @@ class ControlLoop:
         pool = PoolState.from_table(table, pending=self.actuator.pending)
         return self.engine.step(observation, table, pool)
 
-    def _record_decision(self, now: float, decision: Decision, observation: Observation) -> None:
+    def _record_decision(self, now: float, decision: Decision) -> None:
         # NB: a detection is recorded whenever a partition turns hot, not only when the fleet
         # turns hot: a second hot spot while the first is still hot is news too.
         hot = frozenset(h.partition for h in decision.hot)
@@ -207,7 +207,6 @@ class ControlLoop:
 
     async def _apply(
         self,
-        now: float,
         observation: Observation,
         decision: Decision,
         table: RoutingTable,
@@ -220,7 +219,7 @@ class ControlLoop:
                 return []
             written: list[int] = []
             try:
-                await self._hand_over(now, table, token, desired, decision, written)
+                await self._hand_over(table, token, desired, decision, written)
                 return written
             except StaleTokenError:
                 self.timeline.add(
@@ -239,7 +238,6 @@ class ControlLoop:
 
     async def _hand_over(
         self,
-        now: float,
         current: RoutingTable,
         token: str,
         desired: RoutingTable,
@@ -276,7 +274,7 @@ class ControlLoop:
         if names:
             log.warning("shards %s did not load version %d in time", sorted(names), version)
 
-    async def _keep_pool(self, now: float, warm_target: int) -> list[int]:
+    async def _keep_pool(self, warm_target: int) -> list[int]:
         table, token = self.store.read()
         proposed = await self.actuator.reconcile_pool(table, warm_target)
         if proposed is None:
