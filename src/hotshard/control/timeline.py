@@ -78,12 +78,5 @@ class Timeline:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def first(self, kind: EntryKind, *, after: float = float("-inf")) -> Entry | None:
-        """The first entry of ``kind`` at or after ``after``."""
-        return next((e for e in self.entries if e.kind == kind and e.time >= after), None)
-
     def last(self) -> Entry | None:
         return self.entries[-1] if self.entries else None
-
-    def as_list(self) -> list[dict[str, Any]]:
-        return [e.as_dict() for e in self.entries]
