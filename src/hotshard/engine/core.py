@@ -358,17 +358,13 @@ class Engine:
             detector.baseline[D_CPU],
             cfg.planning,
         )
-        factor = np.maximum(
-            cfg.detection.min_hot_factor,
-            cfg.detection.hot_factor * (1 - cfg.detection.heat_discount * detector.heat(now)),
-        )
         spots += forecast_hot_spots(
             forecasts,
             rate,
             resident,
             owner_util,
             detector.baseline[D_RATE],
-            factor,
+            detector.hot_factor(now),
             cfg.planning,
             cfg.prediction,
         )

@@ -77,6 +77,11 @@ class Detector:
         """Per partition, 1.0 if hot just now, halving every ``heat_half_life_seconds``."""
         return np.asarray(0.5 ** ((now - self.last_hot) / self.config.heat_half_life_seconds))
 
+    def hot_factor(self, now: float) -> FloatArray:
+        """Per partition, the bar over baseline: ``hot_factor``, lowered by the heat map."""
+        c = self.config
+        return np.maximum(c.min_hot_factor, c.hot_factor * (1 - c.heat_discount * self.heat(now)))
+
     def campaign_heat(self, campaign: str, now: float) -> float:
         last = self.campaign_last_hot.get(campaign)
         if last is None:
@@ -100,7 +105,7 @@ class Detector:
             self.seeded |= late
         self.updates += 1
         judged = observed & self.seeded
-        factor = np.maximum(c.min_hot_factor, c.hot_factor * (1 - c.heat_discount * self.heat(now)))
+        factor = self.hot_factor(now)
         above_floor = v >= self._floors
         # CPU per request only counts where the CPU itself is worth a look.
         above_floor[D_CPR] &= v[D_CPU] >= c.floor_cpu
