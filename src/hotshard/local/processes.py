@@ -78,6 +78,9 @@ class ServiceProcess:
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
+    ready_path = "/readyz"
+    """The path that answers 200 once the service is ready."""
+
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
@@ -109,7 +112,7 @@ class ServiceProcess:
         return self
 
     def wait_ready(self) -> None:
-        """Poll ``/readyz`` until 200; raise :class:`ServiceError` if it dies or times out."""
+        """Poll ``ready_path`` until 200; raise :class:`ServiceError` if it dies or times out."""
         assert self.proc is not None
         deadline = time.monotonic() + self.ready_timeout
         while True:
@@ -121,7 +124,7 @@ class ServiceProcess:
                 )
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(self.url + "/readyz", timeout=1.0) as resp,
+                urllib.request.urlopen(self.url + self.ready_path, timeout=1.0) as resp,
             ):
                 if resp.status == 200:
                     return

@@ -11,19 +11,15 @@ services directly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
-from hotshard.local.processes import LOOPBACK, READY_POLL_S, ServiceError, ServiceProcess, log_tail
+from hotshard.local.processes import LOOPBACK, ServiceProcess
 
 SCRAPE_INTERVAL = "1s"
 """One scrape a second: the engine works in 1 s buckets, so scraping faster buys nothing."""
@@ -70,6 +66,8 @@ def render_targets(services: Mapping[str, str]) -> str:
 class LocalPrometheus(ServiceProcess):
     """Prometheus as a supervised process; ready when ``/-/ready`` answers."""
 
+    ready_path = "/-/ready"
+
     def __init__(self, binary: str, workdir: Path, port: int) -> None:
         self.binary = binary
         self.workdir = workdir
@@ -98,23 +96,3 @@ class LocalPrometheus(ServiceProcess):
         tmp = self.targets_file.with_suffix(".tmp")
         tmp.write_text(render_targets(services))
         os.replace(tmp, self.targets_file)
-
-    def wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise ServiceError(
-                    f"prometheus exited with code {code}; log {self.log_path}:\n"
-                    + log_tail(self.log_path)
-                )
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(self.url + "/-/ready", timeout=1.0) as resp,
-            ):
-                if resp.status == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise ServiceError(f"prometheus was not ready within {self.ready_timeout:.0f}s")
-            time.sleep(READY_POLL_S)
