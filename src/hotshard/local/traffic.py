@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hdrh.histogram import HdrHistogram
 
 from hotshard.local.scenario import TrafficPlan
 from hotshard_bidder.loadgen import START_DELAY, LoadSpec, run_in_uvloop, run_worker
@@ -93,7 +93,7 @@ def build_specs(plan: TrafficPlan, target: str, trace: Path, seed: int) -> dict[
 
 
 def summarise_phases(
-    seconds: dict[int, Any], phase_of: Any, *, hist: type[HdrHistogram] = HdrHistogram
+    seconds: dict[int, Any], phase_of: Callable[[float], str]
 ) -> dict[str, PhaseStats]:
     """Merge per-second tallies into per-phase stats (p99 from merged histograms)."""
     merged = {p: new_histogram(2) for p in PHASES}
@@ -157,6 +157,7 @@ class TrafficRun:
         ctx = multiprocessing.get_context("spawn")
         self._procs: dict[str, Any] = {}
         self._pipes: dict[str, Connection] = {}
+        self._senders: list[Connection] = []
         for name, spec in specs.items():
             receive, send = ctx.Pipe(duplex=False)
             proc = ctx.Process(
@@ -166,7 +167,7 @@ class TrafficRun:
             )
             self._procs[name] = proc
             self._pipes[name] = receive
-            self._senders = [*getattr(self, "_senders", []), send]
+            self._senders.append(send)
 
     def start(self) -> None:
         for proc in self._procs.values():
