@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from hotshard.engine.config import CostConfig, PlanningConfig
+from hotshard.engine.detection import shard_units
 from hotshard.engine.model import Action
 from hotshard.routing import RoutingTable, Split
 
@@ -115,24 +116,15 @@ class Workspace:
 
     def util(self, name: str, rate: float = 0.0, cpu: float = 0.0) -> float:
         """Utilisation over the sustain period, plus ``rate`` and ``cpu``."""
-        p = self.planning
-        return max(
-            (self.rate[name] + rate) / p.shard_capacity_rps,
-            (self.cpu[name] + cpu) / p.shard_capacity_cpu,
-        )
+        return shard_units(self.rate[name] + rate, self.cpu[name] + cpu, self.planning)
 
     def peak(self, name: str, rate: float = 0.0, cpu: float = 0.0) -> float:
         """Utilisation at its recent peak (mean or latest bucket), plus ``rate`` and ``cpu``."""
-        p = self.planning
-        return max(
-            (self.peak_rate[name] + rate) / p.shard_capacity_rps,
-            (self.peak_cpu[name] + cpu) / p.shard_capacity_cpu,
-        )
+        return shard_units(self.peak_rate[name] + rate, self.peak_cpu[name] + cpu, self.planning)
 
     def units(self, rate: float, cpu: float) -> float:
         """A load in shards at full capacity."""
-        p = self.planning
-        return max(rate / p.shard_capacity_rps, cpu / p.shard_capacity_cpu)
+        return shard_units(rate, cpu, self.planning)
 
     def shift(
         self,

@@ -18,6 +18,7 @@ import math
 
 from hotshard.engine.config import PlanningConfig
 from hotshard.engine.cost import handover_cost
+from hotshard.engine.detection import shard_units
 from hotshard.engine.growth import STEADY, Growth
 from hotshard.engine.model import Action, ActionKind, HotSpot
 from hotshard.engine.planning import Workspace
@@ -27,7 +28,7 @@ def load_of(
     spot: HotSpot, rate: float, cpu: float, planning: PlanningConfig
 ) -> tuple[float, float]:
     """The (rate, cpu) to plan for: what is measured, scaled up for a forecast or an event."""
-    units = max(rate / planning.shard_capacity_rps, cpu / planning.shard_capacity_cpu)
+    units = shard_units(rate, cpu, planning)
     if spot.signal not in ("forecast", "calendar") or spot.load <= units:
         return rate, cpu
     if units <= 0:

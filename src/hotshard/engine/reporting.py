@@ -14,7 +14,7 @@ import numpy as np
 
 from hotshard.engine.capacity import IntArray
 from hotshard.engine.config import CostConfig, EngineConfig
-from hotshard.engine.detection import compound_score
+from hotshard.engine.detection import compound_score, shard_units
 from hotshard.engine.model import (
     Action,
     CostSummary,
@@ -52,7 +52,7 @@ def assess_health(
     out: dict[str, ShardHealth] = {}
     for i, shard in enumerate(table.shards):
         name = shard.name
-        util = max(rate[i] / planning.shard_capacity_rps, cpu[i] / planning.shard_capacity_cpu)
+        util = shard_units(rate[i], cpu[i], planning)
         facts = f"{util:.0%} used, {latency[i] * 1000:.0f} ms latency, {queue[i]:.0f} queued"
         state: HealthState
         if name not in reported:
