@@ -99,7 +99,7 @@ def _decisions(record: PassRecord, path: Path, title: str) -> Path:
         row = KIND_ROWS.get(entry.kind, 3)
         ax.scatter([t], [row], marker="|", s=300)
         ax.annotate(
-            entry.kind if entry.kind != "pool" else "pool",
+            entry.kind,
             (t, row),
             textcoords="offset points",
             xytext=(2, 6),

@@ -175,16 +175,12 @@ def render_markdown(summary: dict[str, Any], main: PassRecord) -> str:
         "shard_seconds",
     ):
         lines.append(f"| {key} | {_fmt(summary.get(key))} | {_fmt(base.get(key))} |")
-    for group in ("other", "hot"):
-        for phase in PHASES:
-            ours = summary["p99_ms"].get(group, {}).get(phase)
-            theirs = base.get("p99_ms", {}).get(group, {}).get(phase)
-            lines.append(f"| p99 ms, {group}, {phase} | {_fmt(ours)} | {_fmt(theirs)} |")
-    for group in ("other", "hot"):
-        for phase in PHASES:
-            ours = summary["errors"].get(group, {}).get(phase)
-            theirs = base.get("errors", {}).get(group, {}).get(phase)
-            lines.append(f"| errors, {group}, {phase} | {_fmt(ours)} | {_fmt(theirs)} |")
+    for label, key in (("p99 ms", "p99_ms"), ("errors", "errors")):
+        for group in ("other", "hot"):
+            for phase in PHASES:
+                ours = summary[key].get(group, {}).get(phase)
+                theirs = base.get(key, {}).get(group, {}).get(phase)
+                lines.append(f"| {label}, {group}, {phase} | {_fmt(ours)} | {_fmt(theirs)} |")
     lines.append(
         f"| hot requests answered by the router itself | "
         f"{_fmt(summary.get('hot_answered_by_router'))} | "
