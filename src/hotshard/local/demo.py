@@ -52,7 +52,6 @@ from hotshard.local.traffic import GroupResult, TrafficRun, build_specs, write_h
 from hotshard.local.view import LiveView, Progress
 from hotshard.routing import RoutingTable, Shard, partition_of
 from hotshard.routing.store import FileRoutingStore
-from hotshard.routing.table import Tier
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ async def run_pass(
         stack.enter_context(_on_exit(fleet.stop_all))
         # The table must exist before a shard starts: every shard reads it at start-up.
         placeholder = RoutingTable.even(
-            [_shard("base-0", "base", "http://127.0.0.1:9")], partitions=4096
+            [Shard(name="base-0", tier="base", url="http://127.0.0.1:9")], partitions=4096
         )
         store.initialize(placeholder)
         shards = await asyncio.to_thread(fleet.initial_shards)
@@ -263,10 +262,6 @@ def _rates(plan: TrafficPlan, groups: dict[str, GroupResult]) -> dict[str, float
 def _stop(service: ServiceProcess | None) -> None:
     if service is not None:
         service.stop()
-
-
-def _shard(name: str, tier: Tier, url: str) -> Shard:
-    return Shard(name=name, tier=tier, url=url)
 
 
 def _owners_of(table: RoutingTable, campaigns: tuple[str, ...]) -> set[str]:
