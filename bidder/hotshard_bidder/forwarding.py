@@ -122,15 +122,22 @@ class Forwarder:
         return breaker
 
     async def forward(
-        self, body: bytes, campaign: str, secondary: str, deadline: float, deadline_ms: int
+        self,
+        body: bytes,
+        campaign: str,
+        partition: int,
+        secondary: str,
+        deadline: float,
+        deadline_ms: int,
     ) -> tuple[Answer, int]:
         """Forward until a final answer or ``deadline`` (loop time); return it and the version
-        of the table that routed the final attempt."""
+        of the table that routed the final attempt. ``partition`` is the campaign's (the same
+        in every table version: the holder refuses a table with another partition count)."""
         trace = _Trace()
         try:
             async with asyncio.timeout_at(deadline):
                 answer = await self._attempts(
-                    trace, body, campaign, secondary, deadline, deadline_ms
+                    trace, body, campaign, partition, secondary, deadline, deadline_ms
                 )
         except TimeoutError:
             if trace.waiting:
@@ -144,13 +151,13 @@ class Forwarder:
         trace: _Trace,
         body: bytes,
         campaign: str,
+        partition: int,
         secondary: str,
         deadline: float,
         deadline_ms: int,
     ) -> Answer:
         loop = asyncio.get_running_loop()
         snapshot = self.holder.current
-        partition = snapshot.partition(campaign)
         refreshed = False
         backoffs = 0
         while True:

@@ -68,10 +68,6 @@ class RouterApp:
     def _partition_of(self, campaign: str) -> int:
         return self.watch.holder.current.partition(campaign)
 
-    def _ways(self, campaign: str) -> int:
-        snapshot = self.watch.holder.current
-        return snapshot.ways(snapshot.partition(campaign), campaign)
-
     def _on_swap(self, old: RoutingSnapshot, new: RoutingSnapshot) -> None:
         self.metrics.set_version(new.version)
         log.info("router adopted routing table version %d (was %d)", new.version, old.version)
@@ -162,8 +158,9 @@ class RouterApp:
         if campaign is None:
             return error_answer(400, f"no campaign key; looked in {self.extractor.describe()}"), 0
         self.metrics.hot.add(campaign)
+        partition = self.watch.holder.current.partition(campaign)  # fixed across table versions
         if self.shedder.enabled and not self.shedder.allow(
-            campaign, lambda: self._ways(campaign), time.time()
+            campaign, lambda: self.watch.holder.current.ways(partition, campaign), time.time()
         ):
             per_shard = self.settings.hot_key_limit_rps
             answer = error_answer(
@@ -180,6 +177,7 @@ class RouterApp:
         return await self.forwarder.forward(
             body,
             campaign,
+            partition,
             self.extractor.secondary(doc),
             arrived + budget_ms / 1000.0,
             deadline_ms,
