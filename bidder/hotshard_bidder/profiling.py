@@ -91,9 +91,10 @@ def shape_of(view: BidRequestView) -> tuple[Any, ...]:
     )
 
 
-def fingerprint(view: BidRequestView, campaign: str, version: int) -> int:
-    """A process-local hash of the request's shape, its campaign and the config version."""
-    return hash((campaign, version, shape_of(view)))
+def fingerprint(shape: tuple[Any, ...], campaign: str, version: int) -> int:
+    """A process-local hash of the request's shape (:func:`shape_of`), its campaign and the
+    config version."""
+    return hash((campaign, version, shape))
 
 
 @dataclass(slots=True)

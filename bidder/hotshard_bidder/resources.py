@@ -80,6 +80,7 @@ class CampaignResources:
     version: int = 0
     rules: CompiledRules | None = None
     predicted: float = 0.0
+    shape: tuple[Any, ...] = ()
     key: int = 0
     profiling: bool = False
 
@@ -125,16 +126,17 @@ class ResourceGuard:
         res.rules = res.history.get(res.version).compiled if res.history is not None else None
         res.profiling = self.profiler.should_profile(res.profile)
         res.predicted = 0.0
-        if not self.policy.enabled:
-            return None
         bucket = res.bucket
         if res.profiling or bucket.tokens < bucket.burst * 0.5:
-            res.key = fingerprint(view, res.campaign, res.version)
+            res.shape = shape_of(view)
+            res.key = fingerprint(res.shape, res.campaign, res.version)
             # NB: a shape never seen under an anomalous campaign is predicted at the campaign's
             # current cost, so a bad version does not run once per request shape to be learnt.
             known = self.profiler.costs.predict(res.key)
             res.predicted = known or (res.profile.fast if res.profile.anomalous else 0.0)
             res.profiling = True
+        if not self.policy.enabled:
+            return None
         if not res.breaker.allow(now):
             res.tripped += 1
             return TRIPPED
@@ -174,15 +176,13 @@ class ResourceGuard:
             return str(max(1, round(res.breaker.retry_in(now) + 0.5)))
         return res.bucket.retry_after_header(res.predicted)
 
-    def settle(
-        self, res: CampaignResources, view: BidRequestView, cost: float, rules: float, now: float
-    ) -> None:
+    def settle(self, res: CampaignResources, cost: float, rules: float, now: float) -> None:
         """Charge a finished request's measured ``cost`` (``rules``: CPU of its rules, if timed)."""
         res.requests += 1
         res.cpu_seconds += cost
         if res.profiling:
             self.profiler.costs.learn(res.key, cost)
-            self.profiler.record_sample(res.profile, cost, rules, shape_of(view))
+            self.profiler.record_sample(res.profile, cost, rules, res.shape)
         if self.profiler.observe(res.profile, cost, now):
             self.note(
                 now,

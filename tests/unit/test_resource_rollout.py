@@ -87,7 +87,7 @@ def test_the_guard_rolls_back_to_the_last_good_version_and_records_why() -> None
         for _ in range(int(seconds * 20)):
             clock[0] += 0.05
             if guard.admit(res, view, clock[0]) is None:
-                guard.settle(res, view, cost, 0.0, clock[0])
+                guard.settle(res, cost, 0.0, clock[0])
 
     assert guard.configure("c1", good).version == 1
     serve(100e-6, 4.0)

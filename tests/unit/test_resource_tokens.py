@@ -66,7 +66,7 @@ def test_the_guard_refuses_a_known_expensive_fingerprint_before_running_it() -> 
     guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: 100.0)
     res = guard.entry("c1", 100.0)
     assert guard.admit(res, view, 100.0) is None  # first request: profiled, nothing known
-    guard.settle(res, view, 0.018, 0.017, 100.0)
+    guard.settle(res, 0.018, 0.017, 100.0)
     assert guard.profiler.costs.predict(res.key) == pytest.approx(0.018)
     # The next request of the same shape is predicted at 18 ms, over the 5 ms per-request bound.
     assert guard.admit(res, view, 100.001) == THROTTLED
@@ -81,7 +81,7 @@ def test_a_disabled_guard_measures_but_never_refuses() -> None:
     res = guard.entry("c1", 100.0)
     for i in range(50):
         assert guard.admit(res, view, 100.0 + i * 0.01) is None
-        guard.settle(res, view, 0.02, 0.0, 100.0 + i * 0.01)
+        guard.settle(res, 0.02, 0.0, 100.0 + i * 0.01)
     assert res.requests == 50
     assert res.cpu_seconds == pytest.approx(1.0)
     assert res.throttled == 0
