@@ -223,22 +223,20 @@ class BidderApp:
                     ESTIMATE_HEADER: str(round(res.predicted * 1e6)),
                 },
             )
-        state = self.book.state(campaign, partition, snapshot)
         bids = []
-        if res.rules is None or res.rules.matches(view.doc):
-            rules_cpu = time.thread_time() - cpu_start if res.profiling else 0.0
+        matched = res.rules is None or res.rules.matches(view.doc)
+        rules_cpu = time.thread_time() - cpu_start if res.profiling else 0.0
+        if matched:
+            state = self.book.state(campaign, partition, snapshot)
             shared = scoring.request_features(view)
             device = scoring.device_value(view.doc)
             for imp in view.imps:
                 price, media = scoring.price_imp(imp, shared, campaign, self.rounds, device)
                 if price > 0.0 and self.book.try_spend(state, price / 1000.0):
                     bids.append(Bid(imp.id, price, media))
-        else:
-            rules_cpu = time.thread_time() - cpu_start if res.profiling else 0.0
         response_body = build_response(view.id, campaign, self.shard, bids) if bids else b""
         cpu = time.thread_time() - cpu_start
-        self.book.charge_cpu(state, cpu)
-        self.guard.settle(res, view, cpu, rules_cpu, now)
+        self.guard.settle(res, cpu, rules_cpu, now)
         outcome = "bid" if bids else "nobid"
         self.metrics.record(label, outcome, cpu, time.perf_counter() - started, campaign)
         headers = self._headers(snapshot.version, cpu)

@@ -1,4 +1,4 @@
-"""Per-campaign state on one shard: the budget lease, pacing and CPU charged.
+"""Per-campaign state on one shard: the budget lease and its pacing.
 
 A campaign has a budget per second. When its partition is split k ways, every shard serving
 it holds a *lease* of ``budget / k`` (k from :meth:`RoutingSnapshot.ways`), so the shards
@@ -34,7 +34,7 @@ adopts a new table within one poll (50 ms) or at once when a router sends a newe
 
 @dataclass(slots=True)
 class CampaignState:
-    """Budget and cost accounting of one campaign on this shard."""
+    """Budget accounting of one campaign on this shard."""
 
     campaign: str
     partition: int
@@ -43,8 +43,6 @@ class CampaignState:
     recheck_at: float = math.inf
     second: int = 0
     spent: float = 0.0
-    bids: int = 0
-    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +164,4 @@ class CampaignBook:
         if state.spent + amount > paced:
             return False
         state.spent += amount
-        state.bids += 1
         return True
-
-    def charge_cpu(self, state: CampaignState, seconds: float) -> None:
-        state.cpu_seconds += seconds
