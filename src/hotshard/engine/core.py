@@ -113,6 +113,9 @@ class Engine:
         rate = detection.values[D_RATE]
         cpu = detection.values[D_CPU]
         shard_rate, shard_cpu = self._shard_loads(names)
+        shard_memory, shard_latency, queue = (
+            self._shard_signal(names, s) for s in (MEMORY, LATENCY, QUEUE)
+        )
         reported = set(observation.shards) if observation.shards else set(names)
         health = assess_health(
             cfg,
@@ -121,11 +124,7 @@ class Engine:
             reported,
             owner_idx,
             hot,
-            (
-                shard_rate,
-                shard_cpu,
-                *(self._shard_signal(names, s) for s in (MEMORY, LATENCY, QUEUE)),
-            ),
+            (shard_rate, shard_cpu, shard_memory, shard_latency, queue),
         )
         missing = [n for n in names if health[n].state == "missing" and n not in pool.idle]
         if missing:
@@ -204,9 +203,7 @@ class Engine:
         if ws.claimed:
             self.memory.demand = [*self.memory.demand, ws.claimed][-DEMAND_HISTORY:]
         new_table = ws.build()
-        latency = {
-            n: float(v) for n, v in zip(names, self._shard_signal(names, LATENCY), strict=True)
-        }
+        latency = dict(zip(names, shard_latency.tolist(), strict=True))
         self._shard_seconds += len(table.shards) * dt
         self._violation_seconds += dt * sum(
             v > cfg.cost.latency_budget_seconds for v in latency.values()
