@@ -62,7 +62,6 @@ def recommend_warm_pool(
         violations = rate * expected_shortfall(demand, size) * per_missing_shard
         if violations <= allowed:
             break
-    violations = rate * expected_shortfall(demand, size) * per_missing_shard
     idle = size * cost.shard_hour_cost
     reason = (
         f"{size} warm shard(s) cost {idle:.2f}/h idle; at {rate:g} spikes/h the expected "
