@@ -95,7 +95,7 @@ class BidderSettings(_KeySettings):
         "(docs/resource-hotspots.md); off, costs are still measured and reported.",
     )
     cpu_budget: float = Field(
-        # NB: see TokenPolicy.rate_cores for why a tenth of a core.
+        # NB: see TokenPolicy.rate_cores for why a quarter of a core.
         default=0.25,
         gt=0,
         le=64,
