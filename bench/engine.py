@@ -34,7 +34,7 @@ from hotshard.engine import (
     PlanningConfig,
     PoolState,
 )
-from hotshard.engine.fleet import model_shard_loads
+from hotshard.engine.fleet import model_observation
 from hotshard.engine.prediction import fit_holt
 from hotshard.routing import RoutingTable, Shard, partition_of
 from hotshard.routing.table import Tier
@@ -76,7 +76,7 @@ def observe(
         p: PartitionLoad(rate=float(r), cpu=float(r) * 0.0004, memory=2e6, latency=0.012)
         for p, r in enumerate(rates)
     }
-    return Observation(t, loads, model_shard_loads(table, loads, campaigns), tuple(campaigns))
+    return model_observation(t, table, loads, campaigns)
 
 
 def run_size(partitions: int, shards: int, seed: int = 7) -> dict[str, Any]:
