@@ -38,11 +38,10 @@ in a ragged spike does not let the next burst through unthrottled."""
 
 @dataclass(slots=True)
 class _Bucket:
-    rate: float
     tokens: float
     stamp: float
+    window_end: float
     quiet_windows: int = 0
-    window_end: float = 0.0
 
 
 class HotKeyShedder:
@@ -77,17 +76,14 @@ class HotKeyShedder:
             allowance = self.limit_rps * ways_of()
             if seen <= allowance * min(1.0, PACE_SLACK * elapsed):
                 return True
-            bucket = _Bucket(allowance, allowance * BURST_SECONDS, now)
-            bucket.window_end = self.sketch.current_window_end
+            bucket = _Bucket(allowance * BURST_SECONDS, now, self.sketch.current_window_end)
             self.buckets[campaign] = bucket
         else:
-            allowance = self.limit_rps * ways_of()
-        bucket.rate = allowance  # a split (more ways) widens it at once
-        self._age(campaign, bucket, allowance)
-        if campaign not in self.buckets:
-            return True
+            allowance = self.limit_rps * ways_of()  # a split (more ways) widens it at once
+            if self._release(campaign, bucket, allowance):
+                return True
         bucket.tokens = min(
-            bucket.rate * BURST_SECONDS, bucket.tokens + (now - bucket.stamp) * bucket.rate
+            allowance * BURST_SECONDS, bucket.tokens + (now - bucket.stamp) * allowance
         )
         bucket.stamp = now
         if bucket.tokens >= 1.0:
@@ -95,17 +91,19 @@ class HotKeyShedder:
             return True
         return False
 
-    def _age(self, campaign: str, bucket: _Bucket, allowance: float) -> None:
+    def _release(self, campaign: str, bucket: _Bucket, allowance: float) -> bool:
         """Count whole windows the campaign spent under its allowance; release it after a few."""
         end = self.sketch.last_end
         if end <= bucket.window_end:
-            return  # no window closed since we last looked
+            return False  # no window closed since we last looked
         bucket.window_end = end
         last = next((h for h in self.sketch.last if h.key == campaign), None)
         demand = last.weight if last is not None else 0.0
         bucket.quiet_windows = bucket.quiet_windows + 1 if demand <= allowance else 0
-        if bucket.quiet_windows >= RELEASE_WINDOWS:
-            del self.buckets[campaign]
+        if bucket.quiet_windows < RELEASE_WINDOWS:
+            return False
+        del self.buckets[campaign]
+        return True
 
     def throttled(self) -> list[str]:
         """The campaigns being shed right now, sorted."""
