@@ -115,25 +115,3 @@ def wikipedia_election_daily(root: Path | None = None) -> tuple[dict[str, str], 
     path = _traces(root) / "wikipedia" / "enwiki_election2016_daily_views.csv"
     with path.open(newline="") as f:
         return tuple(csv.DictReader(f))
-
-
-@cache
-def peyton_manning_daily(root: Path | None = None) -> tuple[tuple[str, int], ...]:
-    """``(day, views)`` of one Wikipedia article, 2007-12-10 to 2016-01-20 (Super Bowl spikes)."""
-    path = _traces(root) / "wikipedia" / "peyton_manning_daily_pageviews_2007_2016.csv"
-    with path.open(newline="") as f:
-        return tuple((row["ds"], int(row["y"])) for row in csv.DictReader(f))
-
-
-@cache
-def twemcache_zipf_alphas(root: Path | None = None) -> tuple[tuple[str, float], ...]:
-    """``(cluster, fitted Zipf alpha)`` for 54 production Twemcache clusters."""
-    path = _traces(root) / "twitter_twemcache" / "twemcache_2020Mar_cluster_stats.csv"
-    with path.open(newline="") as f:
-        rows = csv.DictReader(f)
-        # NB: some clusters have no fitted alpha ("NA"); they are left out, not guessed.
-        return tuple(
-            (row["cluster"], float(row["zipf_alpha"]))
-            for row in rows
-            if row["zipf_alpha"] not in ("", "NA")
-        )
