@@ -170,10 +170,6 @@ class CostSummary:
     violation_seconds: float = 0.0
     """Shard-seconds over the latency budget since the engine started."""
 
-    @property
-    def total_per_hour(self) -> float:
-        return self.shard_cost_per_hour + self.violation_cost_per_hour + self.action_cost
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
