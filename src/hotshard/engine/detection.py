@@ -40,8 +40,6 @@ class Detection:
     values: FloatArray
     baseline: FloatArray
     hot: BoolArray
-    factor: FloatArray
-    observed: BoolArray
 
     def hot_partitions(self) -> npt.NDArray[np.intp]:
         return np.flatnonzero(self.hot.any(axis=0))
@@ -113,9 +111,7 @@ class Detector:
         self.streak = np.where(over, self.streak + dt, 0.0)
         surge = over & (v >= c.surge_factor * self.baseline)
         hot = (self.streak >= c.sustain_seconds - 1e-9) | surge
-        detection = Detection(
-            values=v, baseline=self.baseline.copy(), hot=hot, factor=factor, observed=observed
-        )
+        detection = Detection(values=v, baseline=self.baseline.copy(), hot=hot)
         # Learn: a normal step moves the baseline by alpha, an over-the-bar step by far less.
         # NB: until a partition has seen as many buckets as the EWMA's memory, the baseline is
         # the running mean of what it saw: a noisy first bucket is not the baseline for minutes.

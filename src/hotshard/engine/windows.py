@@ -40,10 +40,6 @@ class Window:
     def rows(self) -> int:
         return int(self._data.shape[2])
 
-    @property
-    def buckets(self) -> int:
-        return self._buckets
-
     def grow(self, rows: int) -> None:
         """Make room for ``rows`` rows; new rows start empty."""
         if rows <= self.rows:
