@@ -129,11 +129,19 @@ class ControlLoop:
         self.last: TickResult | None = None
         self._hot_partitions: frozenset[int] = frozenset()
 
+    async def _read(self) -> tuple[RoutingTable, str]:
+        # NB: in a thread: a ConfigMap store makes blocking API calls, and the loop shares its
+        # event loop with kopf's handlers (or the demo's live view).
+        return await asyncio.to_thread(self.store.read)
+
+    async def _replace(self, table: RoutingTable, token: str) -> str:
+        return await asyncio.to_thread(self.store.replace, table, token)
+
     async def tick(self, now: float | None = None) -> TickResult:
         now = time.time() if now is None else now
-        table, token = self.store.read()
+        table, token = await self._read()
         if table.migrations and self.settings.mitigate:
-            table, token = self._roll_back(table, token)
+            table, token = await self._roll_back(table, token)
         await self.actuator.released(table)
         observation = await self.source.observe(now)
         decision = self._decide(observation, table)
@@ -186,15 +194,15 @@ class ControlLoop:
             self.timeline.add(now, "calm", decision.reason, decision)
         self._hot_partitions = hot
 
-    def _roll_back(self, table: RoutingTable, token: str) -> tuple[RoutingTable, str]:
+    async def _roll_back(self, table: RoutingTable, token: str) -> tuple[RoutingTable, str]:
         """Undo a hand-over a previous tick left half-done, so the engine can plan again."""
         from hotshard.routing.migration import rollback
 
         undone = rollback(table)
         try:
-            token = self.store.replace(undone, token)
+            token = await self._replace(undone, token)
         except StaleTokenError:
-            return self.store.read()
+            return await self._read()
         self.timeline.add(
             time.time(),
             "hold",
@@ -228,7 +236,7 @@ class ControlLoop:
                     f"the routing table changed while writing version {desired.version} "
                     f"(attempt {attempt + 1}); re-reading and re-planning",
                 )
-                table, token = self.store.read()
+                table, token = await self._read()
                 decision = self._decide(observation, table)
                 desired = decision.table
         self.timeline.add(
@@ -253,7 +261,7 @@ class ControlLoop:
         for phase, table in phases:
             if table is None:
                 continue
-            token = self.store.replace(table, token)
+            token = await self._replace(table, token)
             written.append(table.version)
             self.timeline.add(
                 time.time(), phase, f"v{table.version}: {decision.reason}", decision, table.version
@@ -275,12 +283,12 @@ class ControlLoop:
             log.warning("shards %s did not load version %d in time", sorted(names), version)
 
     async def _keep_pool(self, warm_target: int) -> list[int]:
-        table, token = self.store.read()
+        table, token = await self._read()
         proposed = await self.actuator.reconcile_pool(table, warm_target)
         if proposed is None:
             return []
         try:
-            self.store.replace(proposed, token)
+            await self._replace(proposed, token)
         except StaleTokenError:
             return []  # someone else wrote first; the next tick looks again
         added = sorted({s.name for s in proposed.shards} - {s.name for s in table.shards})
