@@ -63,7 +63,12 @@ class LoadSpec(BaseModel):
     """One load run. Every field has a CLI flag of the same name (``--max-outstanding`` ...)."""
 
     target: str = Field(description="URL every request is POSTed to (loopback only).")
-    profile: str = Field(default="constant:1000", description="Rate profile, see profiles.py.")
+    profile: str = Field(
+        default="constant:1000",
+        description="Rate profile: constant:R, step:T=R,..., spike:base=,peak=,start=,length=, "
+        "trace:FILE.csv or worldcup98:peak=,start_minute=,minutes=,seconds_per_minute= "
+        "(docs/loadgen.md).",
+    )
     duration: float = Field(default=10.0, gt=0, le=3600, description="Seconds of sending.")
     keys: Literal["zipf", "wikipedia"] = Field(default="zipf", description="Campaign popularity.")
     campaigns: int = Field(default=1000, ge=1, description="Zipf: number of campaign keys.")

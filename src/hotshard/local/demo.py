@@ -87,7 +87,7 @@ def _on_exit(callback: Callable[[], None]) -> Iterator[None]:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(signum)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -352,9 +352,13 @@ def main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return asyncio.run(_demo(args, plan, cooldown))
-    except KeyboardInterrupt:
-        print("hotshard demo: interrupted; stopping every process it started", flush=True)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(
+            "hotshard demo: interrupted; stopping every process it started (no report written)",
+            flush=True,
+        )
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     finally:
         _run_cleanups()
         signal.signal(signal.SIGTERM, previous)
