@@ -39,12 +39,26 @@ def find_haproxy() -> str:
     return path
 
 
-def render_config(port: int, shard_ports: Sequence[int]) -> str:
+def render_config(
+    port: int,
+    shard_ports: Sequence[int],
+    *,
+    balance_factor: int | None = None,
+    timeout_server: str = "1s",
+) -> str:
+    """The configuration text; ``balance_factor`` (a percentage, e.g. 125) turns on HAProxy's
+    bounded-load consistent hashing (``hash-balance-factor``)."""
     servers = "\n".join(
         f"    server shard-{i} 127.0.0.1:{p} maxconn {SERVER_MAXCONN}"
         for i, p in enumerate(shard_ports)
     )
-    return string.Template(TEMPLATE.read_text()).substitute(port=port, servers=servers)
+    options = ""
+    if balance_factor is not None:
+        # A server past factor% of the mean in-flight load is skipped for the next on the ring.
+        options = f"    hash-balance-factor {balance_factor}\n"
+    return string.Template(TEMPLATE.read_text()).substitute(
+        port=port, servers=servers, balance_options=options, timeout_server=timeout_server
+    )
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -62,12 +76,24 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def start_haproxy(workdir: Path, shard_ports: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """Run HAProxy in front of ``shard_ports``; yields the port it listens on and its pid."""
+def start_haproxy(
+    workdir: Path,
+    shard_ports: Sequence[int],
+    *,
+    balance_factor: int | None = None,
+    timeout_server: str = "1s",
+) -> Iterator[tuple[int, int]]:
+    """Run HAProxy in front of ``shard_ports``; yields the port it listens on and its pid.
+
+    The keywords are :func:`render_config`'s; the defaults are the data-plane benchmark's."""
     binary = find_haproxy()
     port = free_port()
     config = workdir / "haproxy.cfg"
-    config.write_text(render_config(port, shard_ports))
+    config.write_text(
+        render_config(
+            port, shard_ports, balance_factor=balance_factor, timeout_server=timeout_server
+        )
+    )
     subprocess.run([binary, "-c", "-q", "-f", str(config)], check=True, capture_output=True)
     log = workdir / "haproxy.log"
     with open(log, "ab") as out:

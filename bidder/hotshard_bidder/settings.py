@@ -102,6 +102,15 @@ class BidderSettings(_KeySettings):
         description="CPU-seconds per second one campaign may spend on this shard.",
     )
 
+    serve_any_partition: bool = Field(
+        # NB: a benchmark switch, never for production: it turns off the ownership check, so
+        # two shards can spend one campaign's budget at once (docs/benchmarks.md).
+        default=False,
+        description="Benchmark only: serve every partition, whatever the routing table says, so "
+        "that a proxy hashing on its own (HAProxy's bounded-load hashing in `make bench`) can "
+        "send any request to any shard. Set through HOTSHARD_BIDDER_SERVE_ANY_PARTITION.",
+    )
+
     def guard_policy(self) -> GuardPolicy:
         tokens = TokenPolicy(rate_cores=self.cpu_budget)
         return GuardPolicy(enabled=self.resource_guard, tokens=tokens)
