@@ -38,7 +38,14 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from hotshard.routing.keys import CAMPAIGN_HEADER
 
 from .corpus import USER_POPULATION, RequestCorpus, user_id
-from .loadreport import MAX_LATENCY_US, LoadReport, Recorder, build_report, format_summary
+from .loadreport import (
+    MAX_LATENCY_US,
+    OK_STATUSES,
+    LoadReport,
+    Recorder,
+    build_report,
+    format_summary,
+)
 from .profiles import parse_profile, send_times
 from .zipf import Popularity, wikipedia_popularity, zipf_popularity
 
@@ -150,9 +157,16 @@ def _deadline_ms(spec: LoadSpec, tmax_ms: int | None) -> int:
 
 
 async def run_worker(
-    spec: LoadSpec, worker: int = 0, ready: Callable[[], None] | None = None
+    spec: LoadSpec,
+    worker: int = 0,
+    ready: Callable[[], None] | None = None,
+    progress: Callable[[Recorder, int], None] | None = None,
 ) -> Recorder:
-    """Send one worker's share of the schedule from this event loop and record what happened."""
+    """Send one worker's share of the schedule from this event loop and record what happened.
+
+    ``progress``, when given, is called about once a second with the recorder and the number of
+    whole seconds since the schedule started, from this loop, so it may read the recorder.
+    """
     plan = _Plan(spec, worker)
     recorder = Recorder()
     loop = asyncio.get_running_loop()
@@ -199,12 +213,17 @@ async def run_worker(
                     tally.latency.record_value(latency)
                 recorder.total.shards[shard] += 1
                 group.shards[shard] += 1
+                if status in OK_STATUSES:
+                    group.note_answer(shard, loop.time() - start)
             finally:
                 outstanding -= 1
 
         if ready is not None:
             ready()
         start = loop.time() + START_DELAY
+        ticking = None
+        if progress is not None:
+            ticking = loop.create_task(_tick(progress, recorder, start))
         count = len(plan.times)
         n = 0
         while n < count:
@@ -232,7 +251,18 @@ async def run_worker(
         # Every task ends by its client timeout, so this wait is bounded.
         if tasks:
             await asyncio.gather(*tasks)
+        if ticking is not None:
+            ticking.cancel()
     return recorder
+
+
+async def _tick(
+    progress: Callable[[Recorder, int], None], recorder: Recorder, start: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(1.0)
+        progress(recorder, int(loop.time() - start))
 
 
 def run_in_uvloop(coro: Any) -> Any:

@@ -57,10 +57,18 @@ class Tally:
     lost_connection: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     shards: Counter[str] = field(default_factory=Counter)
+    first_answer: dict[str, float] = field(default_factory=dict)
+    """When each shard first answered a request well (200/204), in seconds after the schedule's
+    start: how local mode times the first request a new owner serves."""
     latency: HdrHistogram = field(init=False)
 
     def __post_init__(self) -> None:
         self.latency = new_histogram(self.digits)
+
+    def note_answer(self, shard: str, at: float) -> None:
+        """Keep the earliest good answer from ``shard``."""
+        if at < self.first_answer.get(shard, float("inf")):
+            self.first_answer[shard] = at
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -71,6 +79,7 @@ class Tally:
             "lost_connection": self.lost_connection,
             "statuses": dict(self.statuses),
             "shards": dict(self.shards),
+            "first_answer": self.first_answer,
             "latency": _encode(self.latency),
         }
 
@@ -81,6 +90,8 @@ class Tally:
         self.lost_connection += wire["lost_connection"]
         self.statuses.update({int(k): v for k, v in wire["statuses"].items()})
         self.shards.update(wire["shards"])
+        for shard, at in wire.get("first_answer", {}).items():
+            self.note_answer(shard, at)
         _merge_encoded(self.latency, wire["latency"])
 
 
@@ -276,8 +287,12 @@ def format_summary(report: LoadReport) -> str:
         f"planned {report.planned}  sent {report.sent}  not_sent {report.not_sent}  "
         f"answered {report.answered_total} [{statuses}]  lost {report.lost} "
         f"(timeout {report.lost_timeout}, connection {report.lost_connection})",
-        f"latency ms  p50 {lat.p50}  p99 {lat.p99}  p999 {lat.p999}  max {lat.max}  "
-        f"achieved {report.achieved_rps} rps of {report.intended_rps} intended",
+        (
+            f"latency ms  p50 {lat.p50}  p99 {lat.p99}  p999 {lat.p999}  max {lat.max}"
+            if report.answered_total
+            else "latency ms  none: no request was answered"
+        )
+        + f"  sent at {report.achieved_rps} rps of {report.intended_rps} intended",
         f"schedule lag ms  p50 {lag.p50}  p99 {lag.p99}  max {lag.max}"
         + (
             "  GENERATOR FELL BEHIND: latencies include its own lag"
@@ -287,8 +302,9 @@ def format_summary(report: LoadReport) -> str:
     ]
     for name, group in report.groups.items():
         shards = ", ".join(f"{s}:{n}" for s, n in group.shards.items())
+        p99 = f"{group.latency_ms.p99} ms" if group.answered_total else "-"
         lines.append(
-            f"  {name:<6} sent {group.sent}  p99 {group.latency_ms.p99} ms  errors {group.errors}"
+            f"  {name:<6} sent {group.sent}  p99 {p99}  errors {group.errors}"
             f"  answered by {shards or '-'}"
         )
     return "\n".join(lines)

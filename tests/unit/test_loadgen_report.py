@@ -10,6 +10,7 @@ from hotshard_bidder.loadreport import (
     Tally,
     build_report,
     count_errors,
+    format_summary,
     summarise_latency,
 )
 
@@ -72,3 +73,33 @@ def test_merged_workers_equal_one_recorder() -> None:
     assert got.timeline[0].answered == 4
     assert got.achieved_rps == 2.0
     assert got.intended_rps == 2.5
+
+
+def test_workers_merge_to_the_earliest_answer_of_each_shard() -> None:
+    one, two = Recorder(), Recorder()
+    one.group("hot").note_answer("overflow-0", 12.5)
+    one.group("hot").note_answer("overflow-0", 14.0)  # later: ignored
+    one.group("hot").note_answer("base-1", 0.2)
+    two.group("hot").note_answer("overflow-0", 11.75)
+    merged = Recorder()
+    for part in (one, two):
+        merged.merge_wire(orjson.loads(orjson.dumps(part.to_wire())))
+    assert merged.group("hot").first_answer == {"overflow-0": 11.75, "base-1": 0.2}
+
+
+def test_a_run_with_no_answer_prints_no_latency() -> None:
+    recorder = Recorder()
+    recorder.total.sent = recorder.group("other").sent = 100
+    recorder.total.lost_connection = recorder.group("other").lost_connection = 100
+    report = build_report(
+        recorder,
+        target="http://127.0.0.1:9/x",
+        profile="constant 100",
+        duration=1.0,
+        workers=1,
+        planned=100,
+    )
+    text = format_summary(report)
+    assert "none: no request was answered" in text
+    assert "latency ms  p50" not in text
+    assert "sent at 100.0 rps" in text

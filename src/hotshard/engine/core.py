@@ -222,7 +222,7 @@ class Engine:
             actions=tuple(ws.actions),
             hot=tuple(spots),
             health=health,
-            reason=explain(ws.actions, ws.notes, spots, new_table),
+            reason=explain(ws.actions, ws.notes, spots),
             cost=cost,
             warm_pool_target=warm_target,
             notes=tuple(ws.notes),

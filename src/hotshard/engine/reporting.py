@@ -100,15 +100,14 @@ def explain(
     actions: Sequence[Action],
     notes: Sequence[str],
     spots: Sequence[HotSpot],
-    new: RoutingTable | None,
 ) -> str:
     """One sentence: what was decided and why, or why nothing was."""
     if actions:
         first = actions[0].reason
         more = len(actions) - 1
         tail = f" (and {more} more action{'s' if more > 1 else ''})" if more else ""
-        version = f"; table v{new.version}" if new is not None else ""
-        return f"{first[0].upper()}{first[1:]}{tail}{version}"
+        # NB: no table version here: whoever writes the change prefixes the version it wrote.
+        return f"{first[0].upper()}{first[1:]}{tail}"
     if spots:
         n = len(spots)
         why = notes[0] if notes else spots[0].reason

@@ -170,10 +170,12 @@ async def run_pass(
     # NB: "containment off" for a resource scenario also turns off the bidders' own guard.
     guard_off = ("--no-resource-guard",) if plan.config_changes and not mitigate else ()
     fleet = LocalFleet(run_dir, store.path, FleetShape(), limiter, bidder_args=guard_off)
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         if limiter is not None:
             stack.enter_context(_on_exit(limiter.close))
         stack.enter_context(_on_exit(fleet.stop_all))
+        # NB: on an interrupt the pass is cancelled mid-way; its HTTP sessions close here.
+        stack.push_async_callback(fleet.aclose)
         # The table must exist before a shard starts: every shard reads it at start-up.
         placeholder = RoutingTable.even(
             [Shard(name="base-0", tier="base", url="http://127.0.0.1:9")], partitions=4096
@@ -189,6 +191,7 @@ async def run_pass(
         router = start_service(stack, "router", router_args, log_dir=run_dir / "logs")
         stack.enter_context(_on_exit(lambda: _stop(router)))
         source = _source(prometheus, fleet, router)
+        stack.push_async_callback(source.aclose)
         loop = ControlLoop(
             Engine(engine_config(cooldown)), source, store, fleet, LoopSettings(mitigate=mitigate)
         )
@@ -321,7 +324,7 @@ async def _watch(
                 elapsed=elapsed,
                 phase=plan.phase_of(elapsed),
                 rate=sum(rates.values()),
-                p99_ms=None,
+                p99_ms=traffic.live_p99(),
                 hot=hot,
                 shards=fleet.count(),
                 shard_rates=rates,

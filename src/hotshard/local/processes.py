@@ -174,7 +174,7 @@ class ServiceProcess:
 
 
 def start_service(
-    stack: contextlib.ExitStack,
+    stack: contextlib.ExitStack | contextlib.AsyncExitStack,
     name: str,
     args: Sequence[str],
     *,

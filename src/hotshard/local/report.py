@@ -76,15 +76,13 @@ def summarise_pass(record: PassRecord) -> dict[str, Any]:
         ),
         None,
     )
-    hot_report = record.groups["hot"].report
-    new_owners = {s for s in hot_report.shards if s not in record.base_owners and s != "-"}
-    handed = next(
-        (
-            e
-            for e in record.timeline
-            if e.kind in ("commit", "final") and e.time >= after and set(e.targets) & new_owners
-        ),
-        None,
+    hot = record.groups["hot"]
+    hot_report = hot.report
+    # The first hot request a shard that did not own the hot campaigns answered well, timed by
+    # the load generator as it got the answer (negative when a prediction split ahead).
+    handed = min(
+        (at for s, at in hot.first_answer.items() if s not in record.base_owners and s != "-"),
+        default=None,
     )
     shard_counts = [s.shards for s in record.samples] or [0]
     peak = max(shard_counts)
@@ -100,7 +98,7 @@ def summarise_pass(record: PassRecord) -> dict[str, Any]:
     return {
         "mitigation": record.mitigate,
         "detect_seconds": round(detect.time - spike_wall, 2) if detect else None,
-        "mitigate_seconds": round(handed.time - spike_wall, 2) if handed else None,
+        "mitigate_seconds": round(handed - record.spike_start, 2) if handed is not None else None,
         "lost_requests": sum(g.report.lost for g in record.groups.values()),
         "errors": errors,
         "sent": sum(g.report.sent for g in record.groups.values()),

@@ -10,6 +10,7 @@ after the spike) so the report gets a true p99 per phase and per kind, not an av
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import numpy as np
 
 from hotshard.local.scenario import TrafficPlan
 from hotshard_bidder.loadgen import START_DELAY, LoadSpec, run_in_uvloop, run_worker
-from hotshard_bidder.loadreport import LoadReport, build_report, new_histogram
+from hotshard_bidder.loadreport import LoadReport, Recorder, build_report, new_histogram
 from hotshard_bidder.profiles import parse_profile, send_times
 from hotshard_bidder.zipf import Popularity, to_header_key
 
@@ -57,6 +58,9 @@ class GroupResult:
     phases: dict[str, PhaseStats]
     started_at: float
     """Wall-clock time of the first intended send."""
+    first_answer: dict[str, float]
+    """Seconds after ``started_at`` at which each shard first answered one of these requests
+    well: when a new owner began serving a hot campaign."""
 
 
 def write_hot_trace(plan: TrafficPlan, path: Path) -> Path:
@@ -119,12 +123,39 @@ def summarise_phases(
     }
 
 
-def _child_main(spec_json: str, spike: tuple[float, float], conn: Connection) -> None:
+LIVE_LAG_S = 2
+"""The live p99 is of the second sent two seconds ago: every request of it has been answered or
+timed out by then (the generator's longest wait is 750 ms), so its tail is whole."""
+
+
+def _live_p99(conn: Connection) -> Callable[[Recorder, int], None]:
+    """Report the p99 of the latest complete second to the parent, without ever blocking."""
+
+    def report(recorder: Recorder, elapsed: int) -> None:
+        second = elapsed - LIVE_LAG_S
+        tally = recorder.seconds.get(second)
+        if tally is None or not tally.latency.get_total_count():
+            return
+        p99 = tally.latency.get_value_at_percentile(99) / 1000.0
+        # NB: a one-tuple a second never fills a pipe's buffer; if the parent is gone, skip.
+        with contextlib.suppress(OSError):
+            conn.send((second, p99))
+
+    return report
+
+
+def _child_main(
+    spec_json: str, spike: tuple[float, float], conn: Connection, live: Connection
+) -> None:
     spec = ScenarioLoadSpec.model_validate_json(spec_json)
     began: list[float] = []
     # NB: the worker's first send is START_DELAY after it calls `ready`.
     recorder = run_in_uvloop(
-        run_worker(spec, ready=lambda: began.append(time.time() + START_DELAY))
+        run_worker(
+            spec,
+            ready=lambda: began.append(time.time() + START_DELAY),
+            progress=_live_p99(live),
+        )
     )
     profile = parse_profile(spec.profile)
     report = build_report(
@@ -141,13 +172,19 @@ def _child_main(spec_json: str, spike: tuple[float, float], conn: Connection) ->
         return "before" if t < start else ("during" if t < end else "after")
 
     phases = summarise_phases(recorder.seconds, phase_of)
+    first: dict[str, float] = {}
+    for tally in recorder.groups.values():
+        for shard, at in tally.first_answer.items():
+            first[shard] = min(at, first.get(shard, at))
     payload = {
         "report": report.model_dump(),
         "phases": {k: v.__dict__ for k, v in phases.items()},
         "started_at": began[0] if began else time.time(),
+        "first_answer": first,
     }
     conn.send(payload)
     conn.close()
+    live.close()
 
 
 class TrafficRun:
@@ -158,22 +195,39 @@ class TrafficRun:
         self._procs: dict[str, Any] = {}
         self._pipes: dict[str, Connection] = {}
         self._senders: list[Connection] = []
+        self._live: dict[str, Connection] = {}
+        self._p99: dict[str, float] = {}
         for name, spec in specs.items():
             receive, send = ctx.Pipe(duplex=False)
+            live_receive, live_send = ctx.Pipe(duplex=False)
             proc = ctx.Process(
                 target=_child_main,
-                args=(spec.model_dump_json(), (plan.spike_start, plan.spike_end), send),
+                args=(
+                    spec.model_dump_json(),
+                    (plan.spike_start, plan.spike_end),
+                    send,
+                    live_send,
+                ),
                 name=f"hotshard-load-{name}",
             )
             self._procs[name] = proc
             self._pipes[name] = receive
-            self._senders.append(send)
+            self._live[name] = live_receive
+            self._senders += [send, live_send]
 
     def start(self) -> None:
         for proc in self._procs.values():
             proc.start()
         for send in self._senders:
             send.close()
+
+    def live_p99(self) -> dict[str, float]:
+        """The latest complete second's p99 (ms) per kind of campaign, as far as reported."""
+        for name, pipe in self._live.items():
+            with contextlib.suppress(EOFError, OSError):
+                while pipe.poll(0):
+                    self._p99[name] = pipe.recv()[1]
+        return dict(self._p99)
 
     def done(self) -> bool:
         return not any(p.is_alive() for p in self._procs.values())
@@ -188,6 +242,7 @@ class TrafficRun:
                 report=LoadReport.model_validate(payload["report"]),
                 phases={k: PhaseStats(**v) for k, v in payload["phases"].items()},
                 started_at=float(payload["started_at"]),
+                first_answer=dict(payload["first_answer"]),
             )
         for proc in self._procs.values():
             proc.join(timeout=5)

@@ -29,7 +29,8 @@ class Progress:
     elapsed: float
     phase: str
     rate: float
-    p99_ms: float | None
+    p99_ms: dict[str, float]
+    """Client-side p99 by kind of campaign ("other", "hot") of the latest complete second."""
     hot: tuple[str, ...]
     shards: int
     shard_rates: dict[str, float]
@@ -79,7 +80,12 @@ class LiveView:
 
 
 def _p99(progress: Progress) -> str:
-    return "-" if progress.p99_ms is None else f"{progress.p99_ms:.1f} ms"
+    parts = [
+        f"{kind} {progress.p99_ms[kind]:.1f} ms"
+        for kind in ("other", "hot")
+        if kind in progress.p99_ms
+    ]
+    return ", ".join(parts) or "-"
 
 
 def plain_line(p: Progress) -> str:
@@ -96,7 +102,7 @@ def render(p: Progress) -> Table:
     table.add_column("value")
     table.add_row("elapsed", f"{p.elapsed:.0f} s ({p.phase} the spike)")
     table.add_row("rate", f"{p.rate:.0f} requests/s")
-    table.add_row("p99 (router)", _p99(p))
+    table.add_row("p99 (clients)", _p99(p))
     table.add_row("hot", ", ".join(p.hot) or "none")
     table.add_row("shards in use", str(p.shards))
     per_shard = "  ".join(f"{name} {rate:.0f}" for name, rate in sorted(p.shard_rates.items()))

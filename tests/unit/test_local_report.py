@@ -1,0 +1,79 @@
+"""The demo's acceptance numbers from one pass: how mitigation is timed, and the live p99 line."""
+
+from __future__ import annotations
+
+from hotshard.local.report import PassRecord, summarise_pass
+from hotshard.local.traffic import GroupResult, PhaseStats
+from hotshard.local.view import Progress, plain_line
+from hotshard_bidder.loadreport import Recorder, build_report
+
+SPIKE = (20.0, 35.0)
+
+
+def group(first_answer: dict[str, float], shards: dict[str, int]) -> GroupResult:
+    recorder = Recorder()
+    recorder.total.shards.update(shards)
+    report = build_report(
+        recorder, target="http://127.0.0.1:1/", profile="p", duration=1.0, workers=1, planned=0
+    )
+    phases = {
+        p: PhaseStats(sent=0, errors=0, lost=0, p99_ms=1.0) for p in ("before", "during", "after")
+    }
+    return GroupResult(report=report, phases=phases, started_at=1000.0, first_answer=first_answer)
+
+
+def record(hot: GroupResult) -> PassRecord:
+    return PassRecord(
+        mitigate=True,
+        t0=1000.0,
+        spike_start=SPIKE[0],
+        spike_end=SPIKE[1],
+        groups={"hot": hot, "other": group({}, {})},
+        timeline=[],
+        samples=[],
+        base_owners={"base-2"},
+        shard_seconds=10.0,
+    )
+
+
+def test_mitigation_is_timed_by_the_first_answer_from_a_new_owner() -> None:
+    hot = group(
+        {"base-2": 0.1, "overflow-0": 23.25, "overflow-1": 22.75, "-": 20.5},
+        {"base-2": 10, "overflow-0": 5, "overflow-1": 5, "-": 7},
+    )
+    summary = summarise_pass(record(hot))
+    # overflow-1 came first; the router's own answers ("-") and the old owner do not count.
+    assert summary["mitigate_seconds"] == 2.75
+    assert summary["hot_answered_by_router"] == 7
+
+
+def test_no_new_owner_means_no_mitigation_time() -> None:
+    hot = group({"base-2": 0.1, "-": 21.0}, {"base-2": 10, "-": 3})
+    assert summarise_pass(record(hot))["mitigate_seconds"] is None
+
+
+def test_the_live_line_shows_p99_by_kind_of_campaign() -> None:
+    progress = Progress(
+        title="t",
+        elapsed=12.0,
+        phase="during",
+        rate=900.0,
+        p99_ms={"hot": 40.0, "other": 6.25},
+        hot=(),
+        shards=5,
+        shard_rates={},
+        decision="none yet",
+    )
+    assert "p99 other 6.2 ms, hot 40.0 ms" in plain_line(progress)
+    empty = Progress(
+        title="t",
+        elapsed=1.0,
+        phase="before",
+        rate=0.0,
+        p99_ms={},
+        hot=(),
+        shards=5,
+        shard_rates={},
+        decision="none yet",
+    )
+    assert "p99 -" in plain_line(empty)
