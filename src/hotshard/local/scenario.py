@@ -112,6 +112,27 @@ class ConfigChange(_Strict):
     config: CampaignConfig = Field(description="The new version, as PUT to every bidder.")
 
 
+class CalendarEntry(_Strict):
+    """A known event, entered in the engine's calendar before the run starts.
+
+    Only hotshard's predictive strategy in ``make bench`` reads it (the demo runs without one):
+    the engine splits the event's campaigns ``calendar_lead_seconds`` before it begins."""
+
+    name: str = Field(min_length=1, description="The event's name, as decisions quote it.")
+    offset_seconds: float = Field(
+        default=0.0, ge=-600, le=1800, description="Start, in seconds after `during` begins."
+    )
+    seconds: float | None = Field(
+        default=None, gt=0, le=1800, description="How long it lasts; default the `during` phase."
+    )
+    campaigns: tuple[str, ...] = Field(
+        default=(), description="The campaigns expected hot; default the spike's."
+    )
+    expected_factor: float | None = Field(
+        default=None, gt=1, description="Expected rate over normal; default the spike's factor."
+    )
+
+
 class Phases(_Strict):
     """How long the quiet stretches around the spike last."""
 
@@ -147,6 +168,9 @@ class Scenario(_Strict):
     config_changes: tuple[ConfigChange, ...] = Field(
         default=(), description="Campaign configuration changes, e.g. an advertiser's bug."
     )
+    calendar: tuple[CalendarEntry, ...] = Field(
+        default=(), description="Known events for the engine's calendar (`make bench` only)."
+    )
     quick: QuickRun | None = None
 
     @model_validator(mode="after")
@@ -155,6 +179,13 @@ class Scenario(_Strict):
             raise ValueError("a scenario needs a `spike`, `config_changes`, or both")
         if self.spike is None and self.phases.during_seconds is None:
             raise ValueError("without a `spike`, `phases.during_seconds` says how long it lasts")
+        if self.spike is None:
+            for entry in self.calendar:
+                if not entry.campaigns or entry.expected_factor is None:
+                    raise ValueError(
+                        f"calendar entry {entry.name!r} needs `campaigns` and `expected_factor` "
+                        "in a scenario with no `spike` to take them from"
+                    )
         return self
 
     def quickened(self) -> Scenario:
@@ -173,6 +204,17 @@ class Scenario(_Strict):
 
 
 @dataclass(frozen=True)
+class PlannedEvent:
+    """A calendar entry with its defaults filled in; times in seconds since the run's start."""
+
+    name: str
+    start: float
+    end: float
+    campaigns: tuple[str, ...]
+    expected_factor: float
+
+
+@dataclass(frozen=True)
 class TrafficPlan:
     """A scenario compiled to rates: what the load generators send, second by second."""
 
@@ -186,6 +228,7 @@ class TrafficPlan:
     hot_rates: tuple[float, ...]
     """Requests per second of all hot campaigns together, one value per second of the run."""
     config_changes: tuple[ConfigChange, ...] = ()
+    calendar: tuple[PlannedEvent, ...] = ()
 
     @property
     def other_rate(self) -> float:
@@ -327,6 +370,7 @@ def compile_plan(scenario: Scenario) -> TrafficPlan:
             rates.append(normal * multiplier)
         else:
             rates.append(normal)
+    calendar = plan_calendar(scenario, weights, spike_start, spike_end)
     return TrafficPlan(
         scenario=scenario,
         weights=weights,
@@ -336,4 +380,26 @@ def compile_plan(scenario: Scenario) -> TrafficPlan:
         duration=duration,
         hot_rates=tuple(rates),
         config_changes=scenario.config_changes,
+        calendar=calendar,
     )
+
+
+def plan_calendar(
+    scenario: Scenario, weights: dict[str, float], spike_start: float, spike_end: float
+) -> tuple[PlannedEvent, ...]:
+    """The scenario's calendar with the spike's campaigns, factor and length as defaults."""
+    spike = scenario.spike
+    events = []
+    for entry in scenario.calendar:
+        campaigns = entry.campaigns or (spike.campaigns if spike else ())
+        missing = [c for c in campaigns if c not in weights]
+        if missing:
+            raise ScenarioError(
+                f"field `calendar`: entry {entry.name!r} names campaigns not in the campaign "
+                "distribution: " + ", ".join(missing)
+            )
+        start = spike_start + entry.offset_seconds
+        length = entry.seconds if entry.seconds is not None else spike_end - spike_start
+        factor = entry.expected_factor or (spike.factor if spike else 1.0)
+        events.append(PlannedEvent(entry.name, start, start + length, campaigns, factor))
+    return tuple(events)
