@@ -9,7 +9,9 @@ between retries) the deadline ends it with an explicit 504. Answers the router r
 - **503 with ``X-Hotshard-Retry-After-Ms``** (the shard's table is behind ours): wait that
   long and retry, as often as the deadline allows.
 - **429** (the shard is overloaded): back off with jitter and retry while there is time, else
-  pass the 429 on.
+  pass the 429 on. A 429 that carries ``X-Hotshard-Cost-Estimate-Us`` is the shard refusing
+  *this campaign's* request for its CPU budget (issue #7), not a busy shard: a retry would
+  only be refused again and burn the budget check twice, so it is passed on at once.
 - A connection failure or a timeout counts against the shard's circuit breaker; an open breaker
   answers 503 at once instead of waiting on a shard that is down.
 """
@@ -19,11 +21,8 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
 import orjson
-from multidict import CIMultiDictProxy
 
 from hotshard.routing.keys import CAMPAIGN_HEADER
 from hotshard.routing.store import SnapshotHolder
@@ -37,6 +36,7 @@ from hotshard_bidder.serving import (
     VERSION_HEADER,
     TableFollower,
 )
+from hotshard_bidder.shard_client import ShardClients, ShardConnectionError
 
 AUCTION_PATH = "/openrtb2/auction"
 DEFAULT_RETRY_MS = 20
@@ -45,7 +45,10 @@ BACKOFF_BASE_S = 0.002
 """First 429 back-off: 2 ms, about twenty bids' worth of a shard's CPU, doubling per retry."""
 MIN_ATTEMPT_S = 0.001
 """Do not start an attempt with less than 1 ms left: a loopback round trip alone takes that."""
-PASSED_HEADERS = (SHARD_HEADER, COST_HEADER, "Retry-After", RETRY_MS_HEADER)
+ESTIMATE_HEADER = "X-Hotshard-Cost-Estimate-Us"
+"""Set by a shard on a 429 for CPU tokens (hotshard_bidder.app): the refused request's cost."""
+PASSED_HEADERS = (SHARD_HEADER, COST_HEADER, "Retry-After", RETRY_MS_HEADER, ESTIMATE_HEADER)
+_PASSED = tuple((name.lower(), name) for name in (*PASSED_HEADERS, "Content-Type"))
 OUTCOMES = {
     200: "bid",
     204: "nobid",
@@ -94,13 +97,13 @@ class _Trace:
 
 
 class Forwarder:
-    """Sends requests to shards through one keep-alive session, per the current snapshot."""
+    """Sends requests to shards through keep-alive pools, per the current snapshot."""
 
     def __init__(
         self,
         holder: SnapshotHolder,
         watcher: TableFollower,
-        session: aiohttp.ClientSession,
+        clients: ShardClients,
         metrics: RouterMetrics,
         *,
         breaker_failures: int,
@@ -108,7 +111,7 @@ class Forwarder:
     ) -> None:
         self.holder = holder
         self.watcher = watcher
-        self.session = session
+        self.clients = clients
         self.metrics = metrics
         self.breaker_failures = breaker_failures
         self.breaker_cooloff = breaker_cooloff
@@ -180,14 +183,11 @@ class Forwarder:
             }
             trace.waiting = True
             try:
-                async with self.session.post(
-                    snapshot.urls[shard] + AUCTION_PATH, data=body, headers=headers
-                ) as resp:
-                    payload = await resp.read()
-                    status, got = resp.status, resp.headers
+                pool = self.clients.pool(shard, snapshot.urls[shard])
+                got = await pool.post(AUCTION_PATH, headers, body)
             except asyncio.CancelledError:
                 raise  # the deadline: forward() answers it (trace.waiting is still set)
-            except (aiohttp.ClientError, OSError) as exc:
+            except (ShardConnectionError, OSError) as exc:
                 trace.waiting = False
                 breaker.record_failure()
                 return error_answer(
@@ -195,6 +195,7 @@ class Forwarder:
                 )
             trace.waiting = False
             breaker.record_success()
+            status = got.status
 
             if status == 421 and not refreshed:
                 refreshed = True
@@ -203,14 +204,14 @@ class Forwarder:
                 self.watcher.poke()
                 snapshot = self.holder.current
                 continue
-            if status == 503 and RETRY_MS_HEADER in got:
-                wait = _retry_ms(got) / 1000.0
+            if status == 503 and _RETRY_MS in got.headers:
+                wait = _retry_ms(got.headers) / 1000.0
                 if loop.time() + wait + MIN_ATTEMPT_S < deadline:
                     self.metrics.retried("catching_up")
                     await asyncio.sleep(wait)
                     snapshot = self.holder.current
                     continue
-            if status == 429:
+            if status == 429 and _ESTIMATE not in got.headers:
                 wait = BACKOFF_BASE_S * (2**backoffs) * random.uniform(0.5, 1.5)
                 if loop.time() + wait + MIN_ATTEMPT_S < deadline:
                     backoffs += 1
@@ -218,19 +219,22 @@ class Forwarder:
                     await asyncio.sleep(wait)
                     snapshot = self.holder.current
                     continue
-            return Answer(status, payload, _pass_headers(got), got.get(SHARD_HEADER, shard))
+            answered_by = got.headers.get(_SHARD, shard)
+            return Answer(status, got.body, pass_headers(got.headers), answered_by)
 
 
-def _retry_ms(headers: CIMultiDictProxy[str]) -> int:
+_RETRY_MS = RETRY_MS_HEADER.lower()
+_ESTIMATE = ESTIMATE_HEADER.lower()
+_SHARD = SHARD_HEADER.lower()
+
+
+def _retry_ms(headers: dict[str, str]) -> int:
     try:
-        return max(1, int(headers.get(RETRY_MS_HEADER, DEFAULT_RETRY_MS)))
+        return max(1, int(headers.get(_RETRY_MS, DEFAULT_RETRY_MS)))
     except ValueError:
         return DEFAULT_RETRY_MS
 
 
-def _pass_headers(got: CIMultiDictProxy[str]) -> dict[str, str]:
-    out: dict[str, Any] = {name: got[name] for name in PASSED_HEADERS if name in got}
-    content_type = got.get("Content-Type")
-    if content_type:
-        out["Content-Type"] = content_type
-    return out
+def pass_headers(got: dict[str, str]) -> dict[str, str]:
+    """The shard's headers the client sees (``got`` has lower-case names, as parsed)."""
+    return {name: got[lower] for lower, name in _PASSED if lower in got}

@@ -7,33 +7,37 @@ The router reads a request once (one JSON parse), finds its campaign key with th
 answered), ``X-Hotshard-Cost-Us`` (the shard's CPU) and ``X-Hotshard-Routing-Version`` (the
 router's table version that routed the final attempt). Requests the router cannot route (bad
 JSON, no key, too large) are answered by the router itself with 400/413 and a reason.
+
+It serves HTTP with :mod:`hotshard_bidder.router_server` and forwards with
+:mod:`hotshard_bidder.shard_client` (httptools on uvloop, no framework): at the front door the
+HTTP layer is most of the cost, and these cost a fraction of aiohttp's (``docs/http-stack.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp import web
 from prometheus_client import disable_created_metrics
 
 from hotshard.routing import RoutingSnapshot
 from hotshard_bidder.admission import RETRY_AFTER_S, Admission
 from hotshard_bidder.forwarding import Answer, Forwarder, error_answer
 from hotshard_bidder.router_metrics import RouterMetrics
+from hotshard_bidder.router_server import Handler, Request, Response, RouterServer
 from hotshard_bidder.serving import (
+    SHUTDOWN_GRACE_S,
     VERSION_HEADER,
     TableWatch,
     install_uvloop,
-    json_response,
     open_service,
-    read_body,
-    serve,
     tick,
 )
 from hotshard_bidder.settings import (
@@ -41,6 +45,7 @@ from hotshard_bidder.settings import (
     RouterSettings,
     add_common_flags,
 )
+from hotshard_bidder.shard_client import ShardClients
 from hotshard_bidder.shedding import HotKeyShedder
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,7 @@ HOT_ROLL_INTERVAL_S = 0.25
 """How often the heavy-hitter window is checked, so an idle router still publishes on time."""
 KEEPALIVE_S = 30.0
 """Idle keep-alive connections to shards live 30 s: well under aiohttp's 75 s server timeout."""
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class RouterApp:
@@ -61,7 +67,15 @@ class RouterApp:
         self.metrics = RouterMetrics(settings.hot_k, self._partition_of)
         self.metrics.set_version(watch.holder.current.version)
         watch.holder.on_swap(self._on_swap)
-        self.forwarder: Forwarder | None = None
+        self.clients = ShardClients(settings.connections_per_shard, KEEPALIVE_S)
+        self.forwarder = Forwarder(
+            watch.holder,
+            watch.watcher,
+            self.clients,
+            self.metrics,
+            breaker_failures=settings.breaker_failures,
+            breaker_cooloff=settings.breaker_cooloff,
+        )
         self.admission = Admission(settings.max_inflight)
         self.shedder = HotKeyShedder(settings.hot_key_limit_rps, self.metrics.hot)
 
@@ -72,42 +86,20 @@ class RouterApp:
         self.metrics.set_version(new.version)
         log.info("router adopted routing table version %d (was %d)", new.version, old.version)
 
-    async def start_session(self, app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            limit_per_host=self.settings.connections_per_shard,
-            keepalive_timeout=KEEPALIVE_S,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),  # every request has its own deadline
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
-        self.forwarder = Forwarder(
-            self.watch.holder,
-            self.watch.watcher,
-            session,
-            self.metrics,
-            breaker_failures=self.settings.breaker_failures,
-            breaker_cooloff=self.settings.breaker_cooloff,
-        )
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("POST", "/openrtb2/auction"): self.auction,
+            ("POST", "/"): self.auction,
+            ("GET", "/hot"): self.hot,
+            ("GET", "/metrics"): self.prometheus,
+            ("GET", "/healthz"): self.healthz,
+            ("GET", "/readyz"): self.readyz,
+        }
 
-    async def close_session(self, app: web.Application) -> None:
-        if self.forwarder is not None:
-            await self.forwarder.session.close()
-
-    def build(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
-        app.on_startup.append(self.start_session)
-        app.on_cleanup.append(self.close_session)
-        app.router.add_post("/openrtb2/auction", self.auction)
-        app.router.add_post("/", self.auction)
-        app.router.add_get("/hot", self.hot)
-        app.router.add_get("/metrics", self.prometheus)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        return app
+    def count_refusal(self, status: int) -> None:
+        """Count a request the HTTP layer answered itself (408 slow body, 413, bad HTTP)."""
+        outcome = {408: "http_408", 413: "too_large"}.get(status, "bad_request")
+        self.metrics.record(outcome, "none", 0.0)
 
     def deadline_ms(self, doc: Any) -> int:
         """The request's time budget: its ``tmax`` clamped to the maximum, else the default."""
@@ -116,7 +108,7 @@ class RouterApp:
             return min(tmax, self.settings.max_deadline_ms)
         return self.settings.default_deadline_ms
 
-    async def auction(self, request: web.Request) -> web.Response:
+    async def auction(self, request: Request) -> Response:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
         self.admission.enter()
@@ -135,21 +127,11 @@ class RouterApp:
             self.admission.leave()
         self.metrics.record(answer.outcome, answer.shard, loop.time() - arrived)
         answer.headers[VERSION_HEADER] = str(version or self.watch.holder.current.version)
-        body = answer.body if answer.status != 204 else None
-        return web.Response(status=answer.status, body=body, headers=answer.headers)
+        return Response(answer.status, answer.body, answer.headers)
 
-    async def _route(self, request: web.Request, arrived: float) -> tuple[Answer, int]:
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return error_answer(413, f"body over the {limit}-byte limit"), 0
+    async def _route(self, request: Request, arrived: float) -> tuple[Answer, int]:
         try:
-            body = await read_body(request)
-        except web.HTTPRequestEntityTooLarge:
-            return error_answer(413, f"body over the {limit}-byte limit"), 0
-        if isinstance(body, str):
-            return error_answer(408, body), 0
-        try:
-            doc = orjson.loads(body)
+            doc = orjson.loads(request.body)
         except orjson.JSONDecodeError as exc:
             return error_answer(400, f"malformed JSON: {exc}"), 0
         if not isinstance(doc, dict):
@@ -157,6 +139,9 @@ class RouterApp:
         campaign = self.extractor.campaign(request.headers, doc)
         if campaign is None:
             return error_answer(400, f"no campaign key; looked in {self.extractor.describe()}"), 0
+        if not campaign.isprintable():
+            # NB: it travels in a header to the shard; a line break would forge headers there.
+            return error_answer(400, f"campaign key {campaign!r} has control characters"), 0
         self.metrics.hot.add(campaign)
         partition = self.watch.holder.current.partition(campaign)  # fixed across table versions
         if self.shedder.enabled and not self.shedder.allow(
@@ -173,9 +158,8 @@ class RouterApp:
             return answer, 0
         budget_ms = self.deadline_ms(doc)
         deadline_ms = int(time.time() * 1000) + budget_ms
-        assert self.forwarder is not None, "the session starts with the app"
         return await self.forwarder.forward(
-            body,
+            request.body,
             campaign,
             partition,
             self.extractor.secondary(doc),
@@ -183,23 +167,45 @@ class RouterApp:
             deadline_ms,
         )
 
-    async def hot(self, request: web.Request) -> web.Response:
-        return json_response(200, self.metrics.hot_json())
+    async def hot(self, request: Request) -> Response:
+        return Response.json(200, self.metrics.hot_json())
 
-    async def prometheus(self, request: web.Request) -> web.Response:
-        breakers = self.forwarder.breakers if self.forwarder is not None else {}
-        return web.Response(
-            body=self.metrics.exposition(breakers),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
+    async def prometheus(self, request: Request) -> Response:
+        body = self.metrics.exposition(self.forwarder.breakers)
+        return Response(200, body, {"Content-Type": METRICS_TYPE})
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return json_response(200, {"alive": True})
+    async def healthz(self, request: Request) -> Response:
+        return Response.json(200, {"alive": True})
 
-    async def readyz(self, request: web.Request) -> web.Response:
-        ready = self.forwarder is not None
-        version = self.watch.holder.current.version
-        return json_response(200 if ready else 503, {"ready": ready, "version": version})
+    async def readyz(self, request: Request) -> Response:
+        return Response.json(200, {"ready": True, "version": self.watch.holder.current.version})
+
+
+async def serve_router(
+    router: RouterApp, background: list[Callable[[], Coroutine[Any, Any, None]]]
+) -> None:
+    """Serve until SIGTERM/SIGINT, then answer what is in flight and stop."""
+    settings = router.settings
+    server = RouterServer(router.routes(), settings.max_body_bytes, router.count_refusal)
+    port = await server.start(settings.host, settings.port)
+    log.info("router listening on http://%s:%s", settings.host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(job()) for job in background]
+    try:
+        await stop.wait()
+        log.info("router stopping: finishing requests in flight")
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await server.shutdown(SHUTDOWN_GRACE_S)
+        router.clients.close()
+    log.info("router stopped")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -254,14 +260,6 @@ def main(args: argparse.Namespace) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     router = RouterApp(settings, watch)
 
-    async def run() -> None:
-        await serve(
-            router.build(),
-            settings.host,
-            settings.port,
-            "router",
-            [watch.watcher.run, lambda: tick(HOT_ROLL_INTERVAL_S, router.metrics.hot.roll)],
-        )
-
-    asyncio.run(run())
+    background = [watch.watcher.run, lambda: tick(HOT_ROLL_INTERVAL_S, router.metrics.hot.roll)]
+    asyncio.run(serve_router(router, background))
     return 0
