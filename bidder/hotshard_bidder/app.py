@@ -6,17 +6,25 @@ deadline has already passed), admission (429), JSON and OpenRTB checks (400), ca
 ownership (421 naming the owner), the campaign's CPU tokens and resource breaker (429, see
 :mod:`.resources`), its targeting rules, then pricing under the campaign's budget lease (200 or
 204). The CPU time of the work is measured with ``time.thread_time()``, charged to the campaign
-and returned in ``X-Hotshard-Cost-Us``. Campaign configurations are read and written at
-``/campaigns/{campaign}/config``; costs and containment events are at ``/resources``. No
-client input can produce a 500: a catch-all answers 400, and logs the first such surprise once,
-since it is a bug of ours.
+and returned in ``X-Hotshard-Cost-Us`` on every answer, refusals included. The rules of a
+campaign flagged anomalous run in a worker thread at the lowest CPU priority, so that its
+expensive requests do not stall the event loop that serves the shard's other campaigns; the
+predicted cost of a request refused for its cost is counted as refused demand, which the
+control loop reads to move the campaign to the sandbox tier. Campaign configurations are read
+and written at ``/campaigns/{campaign}/config``; costs and containment events are at
+``/resources``. No client input can produce a 500: a catch-all answers 400, and logs the first
+such surprise once, since it is a bug of ours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +34,7 @@ from hotshard_bidder.admission import RETRY_AFTER_S, Admission
 from hotshard_bidder.campaigns import CampaignBook
 from hotshard_bidder.metrics import NO_PARTITION, BidderMetrics
 from hotshard_bidder.openrtb import BadRequest, Bid, build_response, check_request, parse_json
-from hotshard_bidder.resources import ResourceGuard
+from hotshard_bidder.resources import THROTTLED, CampaignResources, ResourceGuard
 from hotshard_bidder.serving import (
     COST_HEADER,
     DEADLINE_HEADER,
@@ -46,6 +54,18 @@ ESTIMATE_HEADER = "X-Hotshard-Cost-Estimate-Us"
 """On a 429 for CPU tokens: what the refused request was predicted to cost."""
 CATCH_UP_RETRY_MS = 20
 """How long a router should wait before retrying a 503 "table behind": a few file polls."""
+MAX_WAITING_RULES = 3
+"""Requests that may wait for the rules worker: at its 30 ms bound a fourth would wait ~100 ms,
+the common tmax, so it is refused (429) instead."""
+WORKER_NICE = 19
+"""The rules worker runs at the lowest priority: inside the shard's cgroup the kernel gives the
+event loop's thread the CPU first, and the worker only what is left."""
+
+
+def _lower_priority() -> None:
+    # NB: on Linux a thread id names one thread: this lowers the worker only, not the process.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
 
 
 def _int_header(value: str | None) -> int | None:
@@ -71,12 +91,18 @@ class BidderApp:
         self.rounds = settings.work_rounds
         self.serve_any_partition = settings.serve_any_partition  # a benchmark switch
         self.guard = ResourceGuard(settings.shard, settings.guard_policy())
+        self.guard.set_tier(watch.holder.current.tiers.get(settings.shard, "base"))
+        self.rules_worker = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"rules-{settings.shard}", initializer=_lower_priority
+        )
+        self._waiting_rules = 0
         self._reported_bug = False
         watch.holder.on_swap(self._on_swap)
         self.metrics.set_version(watch.holder.current.version)
 
     def _on_swap(self, old: Any, new: Any) -> None:
         self.book.note_swap(old, new)
+        self.guard.set_tier(new.tiers.get(self.shard, "base"))
         self.metrics.set_version(new.version)
         log.info("shard %s adopted routing table version %d", self.shard, new.version)
 
@@ -92,7 +118,11 @@ class BidderApp:
         app.router.add_put("/campaigns/{campaign}/config", self.put_config)
         app.router.add_get("/campaigns/{campaign}/config", self.get_config)
         app.router.add_get("/resources", self.resources)
+        app.on_cleanup.append(self._stop_worker)
         return app
+
+    async def _stop_worker(self, app: web.Application) -> None:
+        self.rules_worker.shutdown(wait=False, cancel_futures=True)
 
     # -- the auction ------------------------------------------------------------------------
 
@@ -161,9 +191,9 @@ class BidderApp:
             return self._refuse(413, "too_large", f"body over the {limit}-byte limit", started)
         if isinstance(body, str):
             return self._refuse(408, "bad_request", body, started)
-        return self._bid(request, body, started)
+        return await self._bid(request, body, started)
 
-    def _bid(self, request: web.Request, body: bytes, started: float) -> web.Response:
+    async def _bid(self, request: web.Request, body: bytes, started: float) -> web.Response:
         cpu_start = time.thread_time()
         try:
             view = check_request(parse_json(body))
@@ -211,7 +241,15 @@ class BidderApp:
         now = time.time()
         res = self.guard.entry(campaign, now)
         refusal = self.guard.admit(res, view, now)
+        if (
+            refusal is None
+            and self.guard.off_loop(res)
+            and self._waiting_rules >= MAX_WAITING_RULES
+        ):
+            refusal = THROTTLED
+            res.throttled += 1
         if refusal is not None:
+            self.metrics.record_refused(label, campaign, self.guard.demanded(res))
             return self._refuse(
                 429,
                 refusal,
@@ -225,8 +263,14 @@ class BidderApp:
                 },
             )
         bids = []
-        matched = res.rules is None or res.rules.matches(view.doc)
-        rules_cpu = time.thread_time() - cpu_start if res.profiling else 0.0
+        worker_cpu = 0.0
+        if self.guard.off_loop(res):
+            matched, worker_cpu = await self._match_off_loop(res, view.doc)
+            rules_cpu = worker_cpu
+            now = time.time()
+        else:
+            matched = res.rules is None or res.rules.matches(view.doc)
+            rules_cpu = time.thread_time() - cpu_start if res.profiling else 0.0
         if matched:
             state = self.book.state(campaign, partition, snapshot)
             shared = scoring.request_features(view)
@@ -236,7 +280,7 @@ class BidderApp:
                 if price > 0.0 and self.book.try_spend(state, price / 1000.0):
                     bids.append(Bid(imp.id, price, media))
         response_body = build_response(view.id, campaign, self.shard, bids) if bids else b""
-        cpu = time.thread_time() - cpu_start
+        cpu = time.thread_time() - cpu_start + worker_cpu
         self.guard.settle(res, cpu, rules_cpu, now)
         outcome = "bid" if bids else "nobid"
         self.metrics.record(label, outcome, cpu, time.perf_counter() - started, campaign)
@@ -246,6 +290,23 @@ class BidderApp:
         return web.Response(
             status=200, body=response_body, content_type="application/json", headers=headers
         )
+
+    async def _match_off_loop(
+        self, res: CampaignResources, doc: dict[str, Any]
+    ) -> tuple[bool, float]:
+        """Evaluate the request's rules in the worker thread: (matched, the worker's CPU)."""
+        rules = res.rules
+        assert rules is not None
+        # NB: other requests of the campaign run admit() while this one waits; its scratch
+        # values are put back before settle(), which runs with no yield after this.
+        scratch = res.hold()
+        self._waiting_rules += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.rules_worker, rules.matches_off_loop, doc)
+        finally:
+            self._waiting_rules -= 1
+            res.resume(scratch)
 
     # -- operations -------------------------------------------------------------------------
 

@@ -5,6 +5,12 @@ label is bounded: shard, virtual partition (at most ``V``), outcome (ten values)
 top-k rank. A campaign id appears only in the hot-campaign gauge, which holds at most
 ``HOT_K`` series at a time. Label children are cached per partition so that counting a request
 is a few attribute updates, not a label look-up.
+
+A campaign refused for its cost (throttled by its CPU tokens or tripped by its resource breaker)
+spends almost nothing, yet what it *asked for* is the resource hot spot the control loop must
+see to move it to the sandbox tier. So the predicted cost of every such refusal is counted as
+refused demand, per partition (``hotshard_bidder_refused_cpu_seconds_total``) and in the
+hot-campaign gauge, which ranks campaigns by demanded CPU: spent plus refused.
 """
 
 from __future__ import annotations
@@ -51,10 +57,12 @@ class PartitionMeter:
 
     requests: int = 0
     cpu_seconds: float = 0.0
+    refused_cpu_seconds: float = 0.0
     latency_seconds: float = 0.0
     outcomes: dict[str, int] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)
     cpu: Any = None
+    refused: Any = None
     latency: Any = None
 
 
@@ -75,6 +83,13 @@ class BidderMetrics:
         self._cpu = Counter(
             "hotshard_bidder_cpu_seconds",
             "CPU seconds spent on requests, by partition.",
+            ["shard", "partition"],
+            registry=r,
+        )
+        self._refused = Counter(
+            "hotshard_bidder_refused_cpu_seconds",
+            "Predicted CPU seconds of requests refused for their cost (throttled or tripped): "
+            "demand the shard did not serve, by partition.",
             ["shard", "partition"],
             registry=r,
         )
@@ -102,7 +117,8 @@ class BidderMetrics:
         ).labels(shard)
         self._hot = Gauge(
             "hotshard_bidder_hot_campaign_cpu_seconds",
-            "CPU seconds of the top campaigns in the last complete 1 s window.",
+            "CPU seconds demanded by the top campaigns in the last complete 1 s window: spent, "
+            "plus predicted for the requests refused for their cost.",
             ["shard", "rank", "campaign"],
             registry=r,
         )
@@ -115,6 +131,9 @@ class BidderMetrics:
         if meter is None:
             meter = PartitionMeter(
                 cpu=self._cpu.labels(self.shard, partition),
+                # NB: created with the meter, so the series exists (at 0) before a refusal and
+                # its first refusal shows in a rate at once.
+                refused=self._refused.labels(self.shard, partition),
                 latency=self._latency.labels(self.shard, partition),
             )
             self.partitions[partition] = meter
@@ -147,6 +166,15 @@ class BidderMetrics:
         if campaign is not None and cpu_seconds:
             self.hot.add(campaign, cpu_seconds)
 
+    def record_refused(self, partition: str, campaign: str, predicted_seconds: float) -> None:
+        """Count the demand of one request refused for its cost (its predicted CPU seconds)."""
+        if predicted_seconds <= 0:
+            return
+        meter = self.partitions.get(partition) or self.meter(partition)
+        meter.refused_cpu_seconds += predicted_seconds
+        meter.refused.inc(predicted_seconds)
+        self.hot.add(campaign, predicted_seconds)
+
     def set_inflight(self, value: int) -> None:
         self._inflight.set(value)
 
@@ -174,6 +202,7 @@ class BidderMetrics:
                 p: {
                     "requests": m.requests,
                     "cpu_seconds": m.cpu_seconds,
+                    "refused_cpu_seconds": m.refused_cpu_seconds,
                     "latency_seconds": m.latency_seconds,
                     "outcomes": dict(m.outcomes),
                 }

@@ -11,7 +11,14 @@ an operator read containment from there.
 State for one campaign lives in one :class:`CampaignResources` entry, and the per-request
 scratch values (version picked, prediction, profiling flag) are kept on it between ``admit`` and
 ``settle``: the handler runs both without yielding to the event loop, so no other request can
-interleave, and the request path allocates nothing new for a normal campaign.
+interleave, and the request path allocates nothing new for a normal campaign. The one exception
+is an anomalous campaign, whose rules run in a worker thread (:meth:`ResourceGuard.off_loop`):
+its handler keeps the scratch values with :meth:`CampaignResources.hold` before it yields and
+puts them back with :meth:`CampaignResources.resume` before ``settle``.
+
+The shard's tier matters to one knob: on the sandbox tier a request may cost up to
+``sandbox_request_seconds`` (expensive work is what the sandbox is for), elsewhere
+``max_request_seconds``.
 """
 
 from __future__ import annotations
@@ -84,6 +91,17 @@ class CampaignResources:
     key: int = 0
     profiling: bool = False
 
+    def hold(self) -> Scratch:
+        """This request's scratch values, to keep across a yield to the event loop."""
+        return (self.version, self.rules, self.predicted, self.shape, self.key, self.profiling)
+
+    def resume(self, scratch: Scratch) -> None:
+        """Put back what :meth:`hold` kept, just before ``settle``."""
+        (self.version, self.rules, self.predicted, self.shape, self.key, self.profiling) = scratch
+
+
+Scratch = tuple[int, CompiledRules | None, float, tuple[Any, ...], int, bool]
+
 
 class ResourceGuard:
     """The resource state of every campaign on one shard."""
@@ -100,6 +118,33 @@ class ResourceGuard:
         self.profiler = Profiler(self.policy.profile)
         self.campaigns: dict[str, CampaignResources] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self.sandboxed = False
+        self.max_request = self.policy.tokens.max_request_seconds
+        """The per-request bound in force: relaxed on the sandbox tier (:meth:`set_tier`)."""
+
+    def set_tier(self, tier: str) -> None:
+        """Follow the routing table's tier for this shard (it can change with a new table)."""
+        tokens = self.policy.tokens
+        self.sandboxed = tier == "sandbox"
+        self.max_request = (
+            tokens.sandbox_request_seconds if self.sandboxed else tokens.max_request_seconds
+        )
+
+    def off_loop(self, res: CampaignResources) -> bool:
+        """Whether this request's rules should run in the worker thread: the campaign is
+        anomalous, so they may be expensive, and the event loop serves everyone else."""
+        rules = res.rules
+        return (
+            self.policy.enabled
+            and res.profile.anomalous
+            and rules is not None
+            and not rules.trivial
+        )
+
+    @staticmethod
+    def demanded(res: CampaignResources) -> float:
+        """What a refused request asked for: its prediction, else the campaign's recent cost."""
+        return res.predicted or res.profile.fast
 
     def entry(self, campaign: str, now: float) -> CampaignResources:
         found = self.campaigns.get(campaign)
@@ -140,14 +185,12 @@ class ResourceGuard:
         if not res.breaker.allow(now):
             res.tripped += 1
             return TRIPPED
-        if res.predicted <= self.policy.tokens.max_request_seconds and bucket.admit(
-            now, res.predicted
-        ):
+        if res.predicted <= self.max_request and bucket.admit(now, res.predicted):
             return None
         if res.breaker.state is BreakerState.HALF_OPEN:
             res.breaker.probing = False  # NB: the probe was refused by tokens; let another try
         res.throttled += 1
-        if res.predicted > min(bucket.tokens, self.policy.tokens.max_request_seconds):
+        if res.predicted > min(bucket.tokens, self.max_request):
             res.predicted_refusals += 1
         if now - res.last_refusal > EPISODE_GAP_S:
             self.note(
@@ -157,7 +200,7 @@ class ResourceGuard:
                 f"refused before running: {bucket.tokens * 1e3:.1f} ms of CPU tokens left (a "
                 f"{bucket.rate:.2f}-core budget), or this request's predicted "
                 f"{res.predicted * 1e3:.1f} ms is over the "
-                f"{self.policy.tokens.max_request_seconds * 1e3:.0f} ms a request may cost",
+                f"{self.max_request * 1e3:.0f} ms a request may cost here",
                 version=res.version,
             )
         res.last_refusal = now
@@ -285,6 +328,7 @@ class ResourceGuard:
         return {
             "shard": self.shard,
             "enabled": self.policy.enabled,
+            "sandboxed": self.sandboxed,
             "time": self.clock(),
             "shard_baseline_us": round(self.profiler.shard_baseline * 1e6, 1),
             "fingerprints": len(self.profiler.costs),

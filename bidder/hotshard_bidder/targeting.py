@@ -13,6 +13,9 @@ quantifiers backtracks catastrophically, and a list of tens of thousands of patt
 one by one. The CPU is burnt, never slept, but bounded: every pattern runs with the time left
 of ``max_eval_seconds`` (the ``regex`` module's per-match timeout), and a request whose rules
 run out of time does not match (the campaign does not bid) and is counted as timed out.
+:meth:`CompiledRules.matches_off_loop` is the same evaluation for a worker thread: it releases
+the GIL while a pattern runs and has its own bound, so the event loop keeps serving the shard's
+other campaigns meanwhile.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_EVAL_SECONDS = 0.02
 """One request's rules may burn at most 20 ms of CPU: a fifth of the common 100 ms tmax, so even
 a pathological configuration leaves the request time to be answered."""
+OFF_LOOP_EVAL_SECONDS = 0.03
+"""Rules run in the worker thread (an anomalous campaign's) may take 30 ms: they hold up only
+their own request, and 30 ms still answers within the common 100 ms tmax after waiting behind
+one other evaluation."""
 PATTERN_CHECK_EVERY = 64
 """How many patterns of a long list run between two looks at the clock: a look costs ~50 ns,
 a cheap pattern ~1 µs, so the deadline is overshot by well under a millisecond."""
@@ -172,6 +179,18 @@ class CompiledRules:
 
     def matches(self, doc: dict[str, Any]) -> bool:
         """Whether the request is one the campaign wants. Bounded by ``max_eval_seconds``."""
+        return self._evaluate(doc, self.max_eval_seconds, concurrent=False)
+
+    def matches_off_loop(self, doc: dict[str, Any]) -> tuple[bool, float]:
+        """:meth:`matches` for a worker thread: whether it matched, and the thread's CPU time.
+
+        Patterns run with the GIL released and ``OFF_LOOP_EVAL_SECONDS`` of time.
+        """
+        started = time.thread_time()
+        matched = self._evaluate(doc, OFF_LOOP_EVAL_SECONDS, concurrent=True)
+        return matched, time.thread_time() - started
+
+    def _evaluate(self, doc: dict[str, Any], bound: float, *, concurrent: bool) -> bool:
         if self.trivial:
             return True
         self.evaluations += 1
@@ -192,7 +211,7 @@ class CompiledRules:
             return False
         if self.deals_only_unmet(doc):
             return False
-        return not self.patterns or self._page_matches(page_of(doc))
+        return not self.patterns or self._page_matches(page_of(doc), bound, concurrent)
 
     def deals_only_unmet(self, doc: dict[str, Any]) -> bool:
         if not self.rules.deals_only:
@@ -200,8 +219,8 @@ class CompiledRules:
         imps = doc.get("imp") or ()
         return not any(isinstance(i, dict) and _deal_ids(i) & self.deals for i in imps)
 
-    def _page_matches(self, page: str) -> bool:
-        deadline = time.monotonic() + self.max_eval_seconds
+    def _page_matches(self, page: str, bound: float, concurrent: bool) -> bool:
+        deadline = time.monotonic() + bound
         for i, pattern in enumerate(self.patterns):
             if i % PATTERN_CHECK_EVERY == 0 and i and time.monotonic() >= deadline:
                 self.timeouts += 1
@@ -211,7 +230,7 @@ class CompiledRules:
                 self.timeouts += 1
                 return False
             try:
-                if pattern.search(page, timeout=left):
+                if pattern.search(page, concurrent=concurrent, timeout=left):
                     return True
             except TimeoutError:
                 self.timeouts += 1

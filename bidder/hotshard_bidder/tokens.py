@@ -50,6 +50,14 @@ class TokenPolicy(BaseModel):
         gt=0,
         description="A request predicted to cost more CPU-seconds than this is refused.",
     )
+    sandbox_request_seconds: float = Field(
+        # NB: 35 ms is the dearest request a shard ever runs: 30 ms of rules in the worker
+        # thread plus pricing. The sandbox tier is where expensive requests are allowed; its
+        # tight cgroup quota and the tokens bound the total, so there is no per-request bound.
+        default=0.035,
+        gt=0,
+        description="The per-request bound on a sandbox-tier shard.",
+    )
 
 
 @dataclass(slots=True)
