@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from hotshard.control.loop import ControlLoop, LoopSettings
 from hotshard.control.prometheus import PrometheusSource
@@ -52,6 +53,9 @@ from hotshard.local.traffic import GroupResult, TrafficRun, build_specs, write_h
 from hotshard.local.view import LiveView, Progress
 from hotshard.routing import RoutingTable, Shard, partition_of
 from hotshard.routing.store import FileRoutingStore
+
+if TYPE_CHECKING:
+    from hotshard.local.strategies import PassStrategy
 
 log = logging.getLogger(__name__)
 
@@ -159,17 +163,26 @@ async def run_pass(
     workdir: Path,
     prometheus: LocalPrometheus | None,
     view: LiveView,
+    strategy: PassStrategy | None = None,
 ) -> PassRecord:
-    """Start a fleet, replay the scenario through it, stop everything, return the record."""
+    """Start a fleet, replay the scenario through it, stop everything, return the record.
+
+    ``make bench`` passes a ``strategy`` (:mod:`hotshard.local.strategies`): its fleet shape,
+    bidder and router flags, engine and front door replace the demo's own."""
     title = "with hotshard" if mitigate else "baseline, mitigation off"
     run_id = uuid.uuid4().hex[:8]
     run_dir = workdir / ("main" if mitigate else "baseline")
+    if strategy is not None:
+        title, run_dir = strategy.title, workdir / strategy.name
     limiter, why = open_limiter(run_id)
     view.say(limiter.note if limiter else f"NOTE: {why}")
     store = FileRoutingStore(run_dir / "routing.json")
     # NB: "containment off" for a resource scenario also turns off the bidders' own guard.
     guard_off = ("--no-resource-guard",) if plan.config_changes and not mitigate else ()
-    fleet = LocalFleet(run_dir, store.path, FleetShape(), limiter, bidder_args=guard_off)
+    shape, bidder_args = (
+        (strategy.shape, strategy.bidder_args) if strategy else (FleetShape(), guard_off)
+    )
+    fleet = LocalFleet(run_dir, store.path, shape, limiter, bidder_args=bidder_args)
     async with contextlib.AsyncExitStack() as stack:
         if limiter is not None:
             stack.enter_context(_on_exit(limiter.close))
@@ -185,20 +198,26 @@ async def run_pass(
         table, token = store.read()
         store.replace(RoutingTable.even(shards, version=table.version + 1), token)
         router_args = ["router", "--routing-file", str(store.path)]
-        if mitigate:
+        if strategy.shed_hot_keys if strategy else mitigate:
             # The router sheds a campaign's excess over half a shard until the engine splits it.
             router_args += ["--hot-key-limit-rps", str(SHARD_CAPACITY_RPS * HOT_KEY_SHARE)]
         router = start_service(stack, "router", router_args, log_dir=run_dir / "logs")
         stack.enter_context(_on_exit(lambda: _stop(router)))
         source = _source(prometheus, fleet, router)
         stack.push_async_callback(source.aclose)
-        loop = ControlLoop(
-            Engine(engine_config(cooldown)), source, store, fleet, LoopSettings(mitigate=mitigate)
+        engine = (
+            strategy.build_engine(time.time() + 1.0)
+            if strategy
+            else Engine(engine_config(cooldown))
+        )
+        loop = ControlLoop(engine, source, store, fleet, LoopSettings(mitigate=mitigate))
+        entry = (
+            strategy.entry_url(stack, run_dir, fleet.urls(), router.url) if strategy else router.url
         )
         traffic = TrafficRun(
             build_specs(
                 plan,
-                router.url + "/openrtb2/auction",
+                entry + "/openrtb2/auction",
                 write_hot_trace(plan, run_dir / "hot-rate.csv"),
                 seed=1,
             ),
