@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from hotshard.control.prometheus import build_shards, detail_queries, partition_queries, vector_by
-from hotshard.control.sources import diff_counters, merge_partitions, parse_hot, parse_stats
+from hotshard.control.prometheus import (
+    build_campaign_costs,
+    build_shards,
+    campaign_cpu_query,
+    detail_queries,
+    partition_queries,
+    vector_by,
+)
+from hotshard.control.sources import (
+    diff_counters,
+    merge_partitions,
+    parse_hot,
+    parse_stats,
+    spent_cpu,
+    sum_campaigns,
+)
 from hotshard.engine.model import PartitionLoad
+from hotshard.routing import partition_of
 
 
 def stats(t: float, requests: int, cpu: float, latency: float) -> dict[str, object]:
@@ -81,3 +96,48 @@ def test_idle_shard_with_only_a_gauge_is_present_at_zero() -> None:
     }
     shards = build_shards(values)
     assert shards["overflow-0"].rate == 0.0
+
+
+def test_refused_demand_counts_in_the_partition_cpu_but_not_in_the_shard_cpu() -> None:
+    old, new = stats(100.0, 1000, 1.0, 2.0), stats(102.0, 1014, 1.002, 2.1)
+    old["partitions"]["12"]["refused_cpu_seconds"] = 0.5  # type: ignore[index]
+    # 12 requests refused at a predicted 10 ms each, 2 run at 1 ms: a throttled campaign.
+    new["partitions"]["12"]["refused_cpu_seconds"] = 0.62  # type: ignore[index]
+    before, after = parse_stats(old, 0), parse_stats(new, 0)
+    loads = diff_counters(before, after)
+    assert loads[12].cpu == pytest.approx((0.002 + 0.12) / 2)
+    assert loads[12].cpu / loads[12].rate == pytest.approx(0.122 / 14)
+    assert spent_cpu(before, after) == pytest.approx(0.001)
+
+
+def test_bidders_top_campaigns_by_demanded_cpu_add_up_over_shards() -> None:
+    def top(*entries: tuple[str, float]) -> dict[str, object]:
+        doc = stats(100.0, 0, 0.0, 0.0)
+        doc["campaigns_top"] = [
+            {"rank": i, "campaign": c, "cpu_seconds": cpu, "error": 0.0}
+            for i, (c, cpu) in enumerate(entries, start=1)
+        ]
+        return doc
+
+    a = parse_stats(top(("Melania_Trump", 0.07), ("Hillary_Clinton", 0.01)), 0)
+    b = parse_stats(top(("Melania_Trump", 0.03)), 0)
+    summed = sum_campaigns([a.campaigns, b.campaigns])
+    assert [(c.campaign, c.partition, c.rate) for c in summed] == [
+        ("Hillary_Clinton", partition_of("Hillary_Clinton"), 0.0),
+        ("Melania_Trump", partition_of("Melania_Trump"), 0.0),
+    ]
+    assert [c.cpu for c in summed] == pytest.approx([0.01, 0.1])
+
+
+def test_promql_partition_cpu_is_spent_plus_refused_and_campaign_cpu_is_scoped() -> None:
+    cpu = partition_queries(5)["cpu"]
+    assert (
+        '{__name__=~"hotshard_bidder_cpu_seconds_total|hotshard_bidder_refused_cpu_seconds_total",'
+        ' partition!="none"}' in cpu
+    )
+    assert "refused" in detail_queries(["3"])["cpu"]
+    assert campaign_cpu_query('shard=~"f-.*"') == (
+        'sum by (campaign) (hotshard_bidder_hot_campaign_cpu_seconds{shard=~"f-.*"})'
+    )
+    result = [{"metric": {"campaign": "Melania_Trump"}, "value": [0, "0.08"]}]
+    assert [(c.campaign, c.cpu) for c in build_campaign_costs(result)] == [("Melania_Trump", 0.08)]

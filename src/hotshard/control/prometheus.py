@@ -7,7 +7,7 @@ the control loop never pulls every series. Each tick asks for:
   inside Prometheus; only ``2k`` series cross the wire), and for those partitions only, their
   service time and the other signal;
 * per-shard totals (rate, CPU, mean service time, in-flight requests, resident memory);
-* the routers' top-k hot campaigns;
+* the routers' top-k hot campaigns (by rate) and the bidders' (by demanded CPU);
 * the timestamp of the newest sample, which gives the age the engine needs to fail static.
 
 Rates use ``irate(...[3s])``: the slope between the last two samples, so a spike shows at full
@@ -16,6 +16,12 @@ seconds and report a third of it). The 3 s range only bounds how far back the la
 may be when a scrape arrives late. irate is noisier than rate; the engine's sustain rule and its
 baselines absorb that. Partitions outside the top-k are simply absent; the
 engine treats an absent partition as "not hot", which is what being outside the top-k means.
+
+A partition's CPU is its *demanded* CPU: what its requests spent, plus what the requests a bidder
+refused for their cost (CPU tokens, resource breaker) were predicted to spend. A campaign the
+bidder throttles spends next to nothing, yet it is exactly the resource hot spot the engine must
+move to the sandbox tier; counting only what was spent would hide it behind its own
+containment. A shard's CPU stays what it spent, since that is what fills it.
 aiohttp is the client because the services already depend on it; one more HTTP stack would buy
 nothing here.
 """
@@ -42,6 +48,10 @@ QUERY_TIMEOUT_S = 0.8
 _REQ = "hotshard_bidder_requests_total"
 _CPU = "hotshard_bidder_cpu_seconds_total"
 _LAT = "hotshard_bidder_latency_seconds_total"
+_REFUSED = "hotshard_bidder_refused_cpu_seconds_total"
+_DEMAND = f'__name__=~"{_CPU}|{_REFUSED}"'
+"""Spent and refused CPU together: a partition's demanded CPU."""
+_CAMPAIGN_CPU = "hotshard_bidder_hot_campaign_cpu_seconds"
 
 
 def matchers(*terms: str) -> str:
@@ -57,18 +67,20 @@ def partition_queries(k: int = TOP_K, scope: str = "") -> dict[str, str]:
     series apart from another's in a shared Prometheus; empty means every series.
     """
     sel = matchers('partition!="none"', scope)
+    demand = matchers(_DEMAND, 'partition!="none"', scope)
     return {
         "rate": f"topk({k}, sum by (partition) ({RATE}({_REQ}{sel}[{WINDOW}])))",
-        "cpu": f"topk({k}, sum by (partition) ({RATE}({_CPU}{sel}[{WINDOW}])))",
+        "cpu": f"topk({k}, sum by (partition) ({RATE}({demand}[{WINDOW}])))",
     }
 
 
 def detail_queries(partitions: list[str], scope: str = "") -> dict[str, str]:
-    """Rate, CPU and service-time sums of the named partitions only."""
-    sel = matchers('partition=~"' + "|".join(partitions) + '"', scope)
+    """Rate, demanded CPU and service-time sums of the named partitions only."""
+    named = 'partition=~"' + "|".join(partitions) + '"'
+    sel = matchers(named, scope)
     return {
         "rate": f"sum by (partition) ({RATE}({_REQ}{sel}[{WINDOW}]))",
-        "cpu": f"sum by (partition) ({RATE}({_CPU}{sel}[{WINDOW}]))",
+        "cpu": f"sum by (partition) ({RATE}({matchers(_DEMAND, named, scope)}[{WINDOW}]))",
         "latency": f"sum by (partition) ({RATE}({_LAT}{sel}[{WINDOW}]))",
     }
 
@@ -91,6 +103,11 @@ def newest_query(scope: str = "") -> str:
 
 
 CAMPAIGN_QUERY = "max by (campaign, partition) (hotshard_router_hot_campaign_requests)"
+
+
+def campaign_cpu_query(scope: str = "") -> str:
+    """The bidders' top campaigns by demanded CPU (last 1 s window), summed over shards."""
+    return f"sum by (campaign) ({_CAMPAIGN_CPU}{matchers(scope)})"
 
 
 def vector_by(result: Any, label: str) -> dict[str, float]:
@@ -152,6 +169,15 @@ def build_campaigns(result: Any) -> list[CampaignLoad]:
     return campaigns
 
 
+def build_campaign_costs(result: Any) -> list[CampaignLoad]:
+    """The bidders' campaigns by demanded CPU-seconds per second (their partition by hash)."""
+    return [
+        CampaignLoad(campaign=name, partition=partition_of(name), cpu=cpu)
+        for name, cpu in sorted(vector_by(result, "campaign").items())
+        if name
+    ]
+
+
 class QueryError(RuntimeError):
     """Prometheus did not answer a query usefully."""
 
@@ -203,6 +229,7 @@ class PrometheusSource:
             details = await self._named(detail_queries(labels, scope)) if labels else {}
             shard_raw = await self._named(shard_queries(scope))
             hot = await self.query(CAMPAIGN_QUERY)
+            costly = await self.query(campaign_cpu_query(scope))
         except QueryError as exc:
             # NB: no answer is the stalest data there is; the engine will hold.
             self.last_error = str(exc)
@@ -223,7 +250,7 @@ class PrometheusSource:
             time=now,
             partitions=partitions,
             shards=shards,
-            campaigns=build_campaigns(hot),
+            campaigns=build_campaigns(hot) + build_campaign_costs(costly),
             age_seconds=max(0.0, now - stamp),
         )
 

@@ -7,6 +7,11 @@ table (fail static) when the numbers are stale rather than act on what it does n
 Prometheus at all by polling every bidder's ``/stats`` (cumulative counters, diffed here
 between two polls) and the router's ``/hot`` (its top-k campaigns over the last 1 s window).
 :mod:`hotshard.control.prometheus` is the other implementation.
+
+Both report a partition's *demanded* CPU (spent, plus the predicted cost of the requests a
+bidder refused for their cost) and the bidders' top campaigns by demanded CPU, so that a
+campaign the bidder already throttles is still seen as the resource hot spot it is; a shard's
+CPU is what it spent.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -49,6 +54,10 @@ class ShardCounters:
     latency: Mapping[int, float]
     inflight: float
     memory: float
+    refused: Mapping[int, float] = field(default_factory=dict)
+    """Predicted CPU seconds of the requests refused for their cost, per partition."""
+    campaigns: tuple[CampaignLoad, ...] = ()
+    """The bidder's top campaigns by demanded CPU in its last 1 s window (a rate already)."""
 
 
 def parse_stats(document: Mapping[str, Any], at: float) -> ShardCounters:
@@ -56,6 +65,7 @@ def parse_stats(document: Mapping[str, Any], at: float) -> ShardCounters:
     requests: dict[int, float] = {}
     cpu: dict[int, float] = {}
     latency: dict[int, float] = {}
+    refused: dict[int, float] = {}
     for label, meter in document.get("partitions", {}).items():
         if not str(label).isdigit():
             continue
@@ -63,6 +73,14 @@ def parse_stats(document: Mapping[str, Any], at: float) -> ShardCounters:
         requests[p] = float(meter.get("requests", 0))
         cpu[p] = float(meter.get("cpu_seconds", 0.0))
         latency[p] = float(meter.get("latency_seconds", 0.0))
+        refused[p] = float(meter.get("refused_cpu_seconds", 0.0))
+    campaigns = tuple(
+        CampaignLoad(
+            str(e["campaign"]), partition_of(str(e["campaign"])), cpu=float(e["cpu_seconds"])
+        )
+        for e in document.get("campaigns_top", ())
+        if e.get("campaign") and "cpu_seconds" in e
+    )
     return ShardCounters(
         at=float(document.get("time", at)),
         version=int(document.get("version", 0)),
@@ -71,11 +89,14 @@ def parse_stats(document: Mapping[str, Any], at: float) -> ShardCounters:
         latency=latency,
         inflight=float(document.get("inflight", 0)),
         memory=float(document.get("rss_bytes", 0)),
+        refused=refused,
+        campaigns=campaigns,
     )
 
 
 def diff_counters(old: ShardCounters, new: ShardCounters) -> dict[int, PartitionLoad]:
-    """Per-partition rates between two polls of one shard (a restart's reset counts as zero)."""
+    """Per-partition rates between two polls of one shard (a restart's reset counts as zero);
+    a partition's CPU is its demanded CPU, spent plus refused."""
     dt = new.at - old.at
     if dt <= 0:
         return {}
@@ -85,9 +106,27 @@ def diff_counters(old: ShardCounters, new: ShardCounters) -> dict[int, Partition
         if served <= 0:
             continue
         spent = max(0.0, new.cpu.get(p, 0.0) - old.cpu.get(p, 0.0))
+        spent += max(0.0, new.refused.get(p, 0.0) - old.refused.get(p, 0.0))
         waited = max(0.0, new.latency.get(p, 0.0) - old.latency.get(p, 0.0))
         loads[p] = PartitionLoad(rate=served / dt, cpu=spent / dt, latency=waited / served)
     return loads
+
+
+def spent_cpu(old: ShardCounters, new: ShardCounters) -> float:
+    """CPU-seconds per second a shard spent on requests between two polls (refusals excluded)."""
+    dt = new.at - old.at
+    if dt <= 0:
+        return 0.0
+    return sum(max(0.0, c - old.cpu.get(p, 0.0)) for p, c in new.cpu.items()) / dt
+
+
+def sum_campaigns(reports: Sequence[Sequence[CampaignLoad]]) -> list[CampaignLoad]:
+    """One entry per campaign, its demanded CPU added up over the shards that serve it."""
+    total: dict[str, float] = {}
+    for report in reports:
+        for c in report:
+            total[c.campaign] = total.get(c.campaign, 0.0) + c.cpu
+    return [CampaignLoad(name, partition_of(name), cpu=cpu) for name, cpu in sorted(total.items())]
 
 
 def parse_hot(document: Any) -> list[CampaignLoad]:
@@ -186,7 +225,7 @@ class DirectSource:
             rate = sum(x.rate for x in loads.values())
             per_shard[name] = ShardLoad(
                 rate=rate,
-                cpu=sum(x.cpu for x in loads.values()),
+                cpu=spent_cpu(before, counters),
                 memory=counters.memory,
                 latency=sum(x.latency * x.rate for x in loads.values()) / rate if rate else 0.0,
                 queue=counters.inflight,
@@ -194,10 +233,10 @@ class DirectSource:
         for gone in set(self._previous) - set(shards):
             del self._previous[gone]
             self._fresh.pop(gone, None)
-        campaigns: list[CampaignLoad] = []
+        campaigns = sum_campaigns([c.campaigns for c in polled if c is not None])
         if self._router_url is not None:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, OSError):
-                campaigns = parse_hot(await self._get_json(self._router_url + "/hot"))
+                campaigns += parse_hot(await self._get_json(self._router_url + "/hot"))
         # NB: the oldest shard decides the age: one silent shard makes the whole view suspect.
         ages = [now - self._fresh.get(name, -math.inf) for name in shards]
         return Observation(
