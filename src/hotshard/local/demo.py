@@ -33,7 +33,7 @@ from hotshard.engine.config import EngineConfig
 from hotshard.engine.core import Engine
 from hotshard.local.cgroups import open_limiter
 from hotshard.local.fleet import FleetShape, LocalFleet
-from hotshard.local.processes import ServiceProcess, free_port, start_service
+from hotshard.local.processes import ServiceError, ServiceProcess, free_port, start_service
 from hotshard.local.prometheus import LocalPrometheus, find_prometheus
 from hotshard.local.report import PassRecord, Sample, build_summary, write_report
 from hotshard.local.resource_run import (
@@ -381,6 +381,9 @@ def main(args: argparse.Namespace) -> int:
         )
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
         return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+    except ServiceError as exc:
+        print(f"hotshard demo: {exc}\nstopped every process it started", flush=True)
+        return 1
     finally:
         _run_cleanups()
         signal.signal(signal.SIGTERM, previous)
