@@ -130,12 +130,10 @@ def test_bidders_top_campaigns_by_demanded_cpu_add_up_over_shards() -> None:
 
 
 def test_promql_partition_cpu_is_spent_plus_refused_and_campaign_cpu_is_scoped() -> None:
-    cpu = partition_queries(5)["cpu"]
-    assert (
-        '{__name__=~"hotshard_bidder_cpu_seconds_total|hotshard_bidder_refused_cpu_seconds_total",'
-        ' partition!="none"}' in cpu
-    )
-    assert "refused" in detail_queries(["3"])["cpu"]
+    spent = 'sum by (partition) (irate(hotshard_bidder_cpu_seconds_total{partition!="none"}[3s]))'
+    refused = spent.replace("_cpu_seconds_total", "_refused_cpu_seconds_total")
+    assert partition_queries(5)["cpu"] == f"topk(5, {spent} + ({refused} or {spent} * 0))"
+    assert "refused_cpu_seconds_total{partition=~" in detail_queries(["3"])["cpu"]
     assert campaign_cpu_query('shard=~"f-.*"') == (
         'sum by (campaign) (hotshard_bidder_hot_campaign_cpu_seconds{shard=~"f-.*"})'
     )

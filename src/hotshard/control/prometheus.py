@@ -49,8 +49,6 @@ _REQ = "hotshard_bidder_requests_total"
 _CPU = "hotshard_bidder_cpu_seconds_total"
 _LAT = "hotshard_bidder_latency_seconds_total"
 _REFUSED = "hotshard_bidder_refused_cpu_seconds_total"
-_DEMAND = f'__name__=~"{_CPU}|{_REFUSED}"'
-"""Spent and refused CPU together: a partition's demanded CPU."""
 _CAMPAIGN_CPU = "hotshard_bidder_hot_campaign_cpu_seconds"
 
 
@@ -60,6 +58,16 @@ def matchers(*terms: str) -> str:
     return "{" + ", ".join(kept) + "}" if kept else ""
 
 
+def demanded_cpu(sel: str) -> str:
+    """PromQL for demanded CPU per partition: spent plus refused (zero where a bidder exports
+    no refused series)."""
+    spent = f"sum by (partition) ({RATE}({_CPU}{sel}[{WINDOW}]))"
+    refused = f"sum by (partition) ({RATE}({_REFUSED}{sel}[{WINDOW}]))"
+    # NB: the two counters cannot share one irate(): it drops the metric name, and a spent and
+    # a refused series of one partition would then collide.
+    return f"{spent} + ({refused} or {spent} * 0)"
+
+
 def partition_queries(k: int = TOP_K, scope: str = "") -> dict[str, str]:
     """PromQL for the top-k partitions by rate and by CPU (partition label ``none`` excluded).
 
@@ -67,20 +75,18 @@ def partition_queries(k: int = TOP_K, scope: str = "") -> dict[str, str]:
     series apart from another's in a shared Prometheus; empty means every series.
     """
     sel = matchers('partition!="none"', scope)
-    demand = matchers(_DEMAND, 'partition!="none"', scope)
     return {
         "rate": f"topk({k}, sum by (partition) ({RATE}({_REQ}{sel}[{WINDOW}])))",
-        "cpu": f"topk({k}, sum by (partition) ({RATE}({demand}[{WINDOW}])))",
+        "cpu": f"topk({k}, {demanded_cpu(sel)})",
     }
 
 
 def detail_queries(partitions: list[str], scope: str = "") -> dict[str, str]:
     """Rate, demanded CPU and service-time sums of the named partitions only."""
-    named = 'partition=~"' + "|".join(partitions) + '"'
-    sel = matchers(named, scope)
+    sel = matchers('partition=~"' + "|".join(partitions) + '"', scope)
     return {
         "rate": f"sum by (partition) ({RATE}({_REQ}{sel}[{WINDOW}]))",
-        "cpu": f"sum by (partition) ({RATE}({matchers(_DEMAND, named, scope)}[{WINDOW}]))",
+        "cpu": demanded_cpu(sel),
         "latency": f"sum by (partition) ({RATE}({_LAT}{sel}[{WINDOW}]))",
     }
 
