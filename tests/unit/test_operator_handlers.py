@@ -1,9 +1,6 @@
 """The kopf layer registers what it should, and keeps its bookkeeping under our prefix.
 
-Handler-level tests against a fake API with fake loop time (kmock + looptime) are not here:
-looptime's pytest plugin leaves an event loop unclosed behind synchronous tests, which this
-repository's ``filterwarnings = error`` turns into failures of unrelated tests. The handlers
-only delegate, so the behaviour is tested on ``reconcile`` with fakes instead.
+What the handlers do against an API is in ``test_operator_api`` (kmock + looptime).
 """
 
 from __future__ import annotations
