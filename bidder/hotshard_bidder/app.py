@@ -57,6 +57,9 @@ CATCH_UP_RETRY_MS = 20
 MAX_WAITING_RULES = 3
 """Requests that may wait for the rules worker: at its 30 ms bound a fourth would wait ~100 ms,
 the common tmax, so it is refused (429) instead."""
+JUDGE_EVERY_S = 0.25
+"""Rollouts are judged at least this often without requests: a campaign moved to the sandbox
+is rolled back here within a quarter second of the evidence being complete."""
 WORKER_NICE = 19
 """The rules worker runs at the lowest priority: inside the shard's cgroup the kernel gives the
 event loop's thread the CPU first, and the worker only what is left."""
@@ -96,6 +99,7 @@ class BidderApp:
             max_workers=1, thread_name_prefix=f"rules-{settings.shard}", initializer=_lower_priority
         )
         self._waiting_rules = 0
+        self._judging: asyncio.Task[None] | None = None
         self._reported_bug = False
         watch.holder.on_swap(self._on_swap)
         self.metrics.set_version(watch.holder.current.version)
@@ -118,10 +122,23 @@ class BidderApp:
         app.router.add_put("/campaigns/{campaign}/config", self.put_config)
         app.router.add_get("/campaigns/{campaign}/config", self.get_config)
         app.router.add_get("/resources", self.resources)
-        app.on_cleanup.append(self._stop_worker)
+        app.on_startup.append(self._start_judging)
+        app.on_cleanup.append(self._stop_background)
         return app
 
-    async def _stop_worker(self, app: web.Application) -> None:
+    async def _start_judging(self, app: web.Application) -> None:
+        self._judging = asyncio.create_task(self._judge_periodically())
+
+    async def _judge_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(JUDGE_EVERY_S)
+            self.guard.judge_due(time.time())
+
+    async def _stop_background(self, app: web.Application) -> None:
+        if self._judging is not None:
+            self._judging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._judging
         self.rules_worker.shutdown(wait=False, cancel_futures=True)
 
     # -- the auction ------------------------------------------------------------------------

@@ -286,10 +286,25 @@ class ResourceGuard:
         )
         return stored
 
+    def judge_due(self, now: float) -> None:
+        """Judge every rollout in progress that is due, requests or not.
+
+        A campaign moved away (to the sandbox tier) sends this shard no more requests, yet the
+        version that made it expensive here must still be rolled back on the evidence it left.
+        """
+        for res in self.campaigns.values():
+            rollout = res.rollout
+            if rollout is None or rollout.rolled_back or rollout.promoted:
+                continue
+            if self.policy.enabled and now >= res.next_judge:
+                res.next_judge = now + JUDGE_INTERVAL_S
+                self._judge(res, now)
+
     def _judge(self, res: CampaignResources, now: float) -> None:
         rollout, history = res.rollout, res.history
         assert rollout is not None
         assert history is not None
+        share = rollout.share
         verdict = rollout.judge(now, self.policy.rollout)
         if verdict.kind == "hold":
             return
@@ -301,7 +316,15 @@ class ResourceGuard:
             res.profile.fast = res.profile.baseline  # NB: the bad version's average is void
         elif verdict.kind == "promote":
             current.verdict = "good"
-        self.note(now, verdict.kind, res.campaign, verdict.reason, version=rollout.current)
+        self.note(
+            now,
+            verdict.kind,
+            res.campaign,
+            verdict.reason,
+            version=rollout.current,
+            share=share,
+            to=verdict.share,
+        )
 
     def describe(self, campaign: str) -> dict[str, Any] | None:
         res = self.campaigns.get(campaign)

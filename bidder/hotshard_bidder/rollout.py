@@ -14,7 +14,10 @@ cost says otherwise:
   a graduated rollout, else what the campaign cost before the change) for ``confirm_seconds``,
   within ``watch_seconds`` of the change, the campaign goes back to the last good version and
   the reason is recorded. The tokens and the breaker hold the damage meanwhile, so the rollback
-  can wait for evidence rather than undo an advertiser's change on one slow second.
+  can wait for evidence rather than undo an advertiser's change on one slow second. A shard
+  that has no cost at all for the campaign (it never served it: the sandbox shard it was just
+  moved to) judges against ``fallback_reference_seconds`` instead: a version over 4x that is
+  rolled back there too, one under it widens and is promoted as usual.
 
 Pure state and decisions with an injected time, no I/O: the unit tests drive it with numbers.
 """
@@ -74,6 +77,13 @@ class RolloutPolicy(BaseModel):
         default=2.0,
         ge=0,
         description="How long the spike must last before the version is rolled back.",
+    )
+    fallback_reference_seconds: float = Field(
+        # NB: 1 ms is the profiler's own floor for "expensive" (min_anomaly_seconds), ~10x a
+        # normal bid: with the 4x ratio a version is a spike at 4 ms a request.
+        default=0.001,
+        gt=0,
+        description="The reference on a shard that knows no cost for the campaign.",
     )
     watch_seconds: float = Field(
         # NB: a spike two minutes after a change is still most likely its doing; later, other
@@ -170,11 +180,9 @@ class Rollout:
         if self.rolled_back:
             return Judgement("hold", 0.0, "rolled back")
         known = self.baseline(policy)
-        base = max(known, MIN_REFERENCE_S)
+        base = max(known if known > 0 else policy.fallback_reference_seconds, MIN_REFERENCE_S)
         cost = self.new.recent
-        # NB: with no reference at all (a new campaign), a spike cannot be told from its normal.
-        over = known > 0 and self.new.requests >= policy.min_samples
-        over = over and cost > policy.cost_ratio * base
+        over = self.new.requests >= policy.min_samples and cost > policy.cost_ratio * base
         if over and now - self.changed_at <= policy.watch_seconds:
             self.over_since = self.over_since if self.over_since is not None else now
             lasted = now - self.over_since
@@ -182,13 +190,19 @@ class Rollout:
                 self.rolled_back = True
                 self.share = 0.0
                 ratio = cost / base
+                against = (
+                    f"the {base * 1e6:.0f} µs of version {self.previous}"
+                    if known > 0
+                    else f"the {base * 1e6:.0f} µs a request may cost before it is expensive "
+                    f"(no cost known here for version {self.previous})"
+                )
                 return Judgement(
                     "rollback",
                     0.0,
                     f"version {self.current} costs {cost * 1e6:.0f} µs per request, "
-                    f"{ratio:.0f}x the {base * 1e6:.0f} µs of version {self.previous}, for "
-                    f"{lasted:.1f} s starting {self.over_since - self.changed_at:.1f} s after "
-                    f"the change; back to version {self.previous}",
+                    f"{ratio:.0f}x {against}, for {lasted:.1f} s starting "
+                    f"{self.over_since - self.changed_at:.1f} s after the change; "
+                    f"back to version {self.previous}",
                 )
             return Judgement("hold", self.share, f"cost {cost / base:.1f}x; confirming")
         self.over_since = None

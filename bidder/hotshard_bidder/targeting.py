@@ -302,9 +302,14 @@ class ConfigHistory:
         return stored
 
     def last_good(self, before: int) -> ConfigVersion:
-        """The newest version older than ``before`` that was judged good (version 0 at worst)."""
+        """The newest version older than ``before`` not known to be bad (version 0 at worst).
+
+        A version still ``new`` counts: a shard that never served the campaign (the sandbox it
+        was just moved to) could judge none, and the advertiser's last intention not shown bad
+        is a better fallback than bidding on everything.
+        """
         for stored in reversed(self.versions[:before]):
-            if stored.verdict == "good":
+            if stored.verdict != "bad":
                 return stored
         return self.versions[0]
 

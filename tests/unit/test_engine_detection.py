@@ -185,6 +185,26 @@ def test_campaign_that_carries_the_partition_is_the_hot_spot_and_is_quarantined(
     assert split == {(p, name): ("sandbox-0",)}
 
 
+def test_a_quarantined_campaign_stays_in_the_sandbox_when_its_latency_there_is_high() -> None:
+    engine, table = quiet_engine(), fleet()
+    name = "greedy-campaign"
+    p = partition_of(name, V)
+    for t in range(30):
+        run(engine, table, t, flat())
+    costly = flat() | {p: PartitionLoad(rate=15.0, cpu=0.75)}
+    campaigns = [CampaignLoad(name, p, rate=10.0, cpu=0.74)]
+    decision = run(engine, table, 30, costly, campaigns)
+    assert decision.table is not None
+    table = decision.table
+    # The sandbox's tight quota makes the campaign slow there: 400 ms against 10 ms.
+    slow = flat() | {p: PartitionLoad(rate=15.0, cpu=0.0075, memory=1e6, latency=0.4)}
+    for t in range(31, 40):
+        later = run(engine, table, t, slow, [CampaignLoad(name, p, rate=15.0, cpu=0.0075)])
+        assert [a.kind for a in later.actions if a.kind != "refill_pool"] == []
+    assert [(h.campaign, h.signal) for h in later.hot] == [(name, "latency")]
+    assert any("quarantined on sandbox-0" in n for n in later.notes)
+
+
 def test_a_small_campaign_in_a_hot_partition_leaves_the_partition_as_the_hot_spot() -> None:
     engine, table = quiet_engine(), fleet()
     for t in range(10):

@@ -101,3 +101,62 @@ def test_the_guard_rolls_back_to_the_last_good_version_and_records_why() -> None
     assert res.active == 1
     assert res.history.get(2).verdict == "bad"
     assert "back to version 1" in res.history.get(2).why
+
+
+def test_a_shard_that_knows_no_cost_judges_against_the_fallback_reference() -> None:
+    # The sandbox shard a campaign was just moved to: no reference for it at all.
+    r = Rollout.start(1, 2, 0.0, 0.0, graduated=False, policy=POLICY)
+    verdicts = []
+    for i in range(300):
+        r.record(r.pick(), 0.02)
+        verdicts.append(r.judge(i * 0.01, POLICY))
+    rollback = next(v for v in verdicts if v.kind == "rollback")
+    assert "20x the 1000 µs a request may cost before it is expensive" in rollback.reason
+    assert "(no cost known here for version 1)" in rollback.reason
+    cheap = Rollout.start(1, 2, 0.0, 0.0, graduated=False, policy=POLICY)
+    t = feed(cheap, 0.0, 3.0, 20, 300e-6, 0.0)
+    assert cheap.promoted
+    assert not cheap.rolled_back
+    assert t == pytest.approx(3.0)
+
+
+def test_the_guard_judges_a_campaign_that_stopped_sending_requests() -> None:
+    clock = [0.0]
+    guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: clock[0])
+    from hotshard_bidder.openrtb import check_request
+
+    view = check_request({"id": "r", "imp": [{"id": "1"}], "site": {"page": "http://x.test/p"}})
+    res = guard.entry("c1", 0.0)
+    for _ in range(40):  # 2 s at 100 µs: the campaign's normal cost here
+        clock[0] += 0.05
+        assert guard.admit(res, view, clock[0]) is None
+        guard.settle(res, 100e-6, 0.0, clock[0])
+    bad = CampaignConfig(rollout="immediate", rules=TargetingRules(page_patterns=("(a|aa)*b",)))
+    assert guard.configure("c1", bad).version == 1
+    for _ in range(10):  # half a second at 4 ms, then the engine moves the campaign away
+        clock[0] += 0.05
+        if guard.admit(res, view, clock[0]) is None:
+            guard.settle(res, 0.004, 0.0, clock[0])
+    assert "rollback" not in [e["kind"] for e in guard.events]
+    clock[0] += 2.0
+    guard.judge_due(clock[0])
+    rollback = [e for e in guard.events if e["kind"] == "rollback"]
+    assert len(rollback) == 1
+    assert rollback[0]["share"] == 1.0
+    assert res.active == 0
+    assert res.history is not None
+    assert res.history.get(1).verdict == "bad"
+
+
+def test_a_rollback_goes_to_the_newest_version_not_known_bad() -> None:
+    from hotshard_bidder.targeting import ConfigHistory
+
+    history = ConfigHistory("c1")
+    first = history.store(CampaignConfig(note="v1"), 1.0)
+    second = history.store(CampaignConfig(note="v2"), 2.0)
+    second.verdict = "bad"
+    history.store(CampaignConfig(note="v3"), 3.0)
+    # v1 was never judged on this shard (it never served the campaign): still the fallback.
+    assert history.last_good(3) is first
+    first.verdict = "bad"
+    assert history.last_good(3).version == 0

@@ -9,7 +9,10 @@ ways; a rising one is sized for its growth (:mod:`hotshard.engine.growth`), and 
 pool is too small for that, for its load of the instant. A split that turns out too narrow is
 widened: it keeps its shards and adds more, so traffic already on warm shards stays put, and
 because it only ever adds, it may happen while the route settles. A rising surge leaves its base
-shard at once, before it fills it. A campaign whose requests turned expensive is quarantined.
+shard at once, before it fills it. A campaign whose requests turned expensive is quarantined,
+and stays on the sandbox tier while only its cost shows: the latency, CPU or memory of a
+quarantined campaign is the sandbox's tight quota doing its job, not a reason to spread it back
+onto shards that serve other campaigns. Only its rate (or a forecast) is planned as usual.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from hotshard.engine.detection import shard_units
 from hotshard.engine.growth import STEADY, Growth
 from hotshard.engine.model import Action, ActionKind, HotSpot
 from hotshard.engine.planning import Workspace
+
+SANDBOX_HOLDS = frozenset({"cpu_per_request", "cpu", "latency", "memory"})
+"""Signals that leave a quarantined campaign where it is (its rate is planned as usual)."""
 
 
 def load_of(
@@ -59,6 +65,12 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
     if spot.signal == "cpu_per_request" and campaign is not None:
         if not held_back(ws, where, p, campaign, widen=False):
             quarantine(ws, spot, current, rate, cpu)
+        return True
+    if spot.signal in SANDBOX_HOLDS and any(ws.tier.get(n) == "sandbox" for n in current):
+        ws.notes.append(
+            f"{where} is quarantined on {', '.join(current)}: its {spot.signal} there is the "
+            "sandbox's quota at work, not a reason to move it"
+        )
         return True
     # Latency or memory over its bar is a symptom: the load that causes it is relieved first
     # (spots come load first), and the partition itself is placed as ordinary load.
