@@ -1,9 +1,11 @@
 """Forwarding one request to its shard, with the retries a migration needs, inside its deadline.
 
 This is where the router keeps its promise that every accepted request gets exactly one
-answer before its deadline. :meth:`Forwarder.forward` runs all attempts under one
-``asyncio.timeout_at``; whatever happens inside (a slow shard, a refused connection, a sleep
-between retries) the deadline ends it with an explicit 504. Answers the router reacts to:
+answer before its deadline. :meth:`Forwarder.forward` runs all attempts under one timer at
+the deadline; whatever happens inside (a slow shard, a refused connection, a sleep between
+retries) the timer cancels it and the request gets an explicit 504. (The timer is a plain
+``loop.call_at``: ``asyncio.timeout_at`` does the same but asks for the running loop twice, and
+each ask is a ``getpid`` system call, on every request.) Answers the router reacts to:
 
 - **421** (the shard no longer owns the partition): refresh the table, re-route, retry once.
 - **503 with ``X-Hotshard-Retry-After-Ms``** (the shard's table is behind ours): wait that
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
@@ -93,11 +95,14 @@ class _Trace:
     shard: str = NO_SHARD
     version: int = 0
     waiting: bool = False
-    retries: dict[str, int] = field(default_factory=dict)
+    expired: bool = False
 
 
 class Forwarder:
-    """Sends requests to shards through keep-alive pools, per the current snapshot."""
+    """Sends requests to shards through keep-alive pools, per the current snapshot.
+
+    Build it inside the running event loop, which it keeps.
+    """
 
     def __init__(
         self,
@@ -116,6 +121,7 @@ class Forwarder:
         self.breaker_failures = breaker_failures
         self.breaker_cooloff = breaker_cooloff
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.loop = asyncio.get_running_loop()
 
     def breaker(self, shard: str) -> CircuitBreaker:
         breaker = self.breakers.get(shard)
@@ -137,16 +143,23 @@ class Forwarder:
         of the table that routed the final attempt. ``partition`` is the campaign's (the same
         in every table version: the holder refuses a table with another partition count)."""
         trace = _Trace()
+        task = asyncio.current_task(self.loop)
+        assert task is not None, "forward runs in a task"
+        timer = self.loop.call_at(deadline, _expire, task, trace)
         try:
-            async with asyncio.timeout_at(deadline):
-                answer = await self._attempts(
-                    trace, body, campaign, partition, secondary, deadline, deadline_ms
-                )
-        except TimeoutError:
+            answer = await self._attempts(
+                trace, body, campaign, partition, secondary, deadline, deadline_ms
+            )
+        except asyncio.CancelledError:
+            if not trace.expired:
+                raise  # cancelled from outside (shutdown): not ours to answer
+            task.uncancel()
             if trace.waiting:
                 self.breaker(trace.shard).record_failure()
             doing = f"waiting for shard {trace.shard}" if trace.waiting else "between retries"
             answer = error_answer(504, f"deadline passed {doing}", trace.shard)
+        finally:
+            timer.cancel()
         return answer, trace.version
 
     async def _attempts(
@@ -159,7 +172,7 @@ class Forwarder:
         deadline: float,
         deadline_ms: int,
     ) -> Answer:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         snapshot = self.holder.current
         refreshed = False
         backoffs = 0
@@ -221,6 +234,11 @@ class Forwarder:
                     continue
             answered_by = got.headers.get(_SHARD, shard)
             return Answer(status, got.body, pass_headers(got.headers), answered_by)
+
+
+def _expire(task: asyncio.Task[object], trace: _Trace) -> None:
+    trace.expired = True
+    task.cancel()
 
 
 _RETRY_MS = RETRY_MS_HEADER.lower()

@@ -103,6 +103,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: RouterServer) -> None:
         self.server = server
+        self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[tuple[Request, bool]] = deque()
@@ -161,8 +162,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(BODY_READ_TIMEOUT_S, self._body_overdue)
+        self._timer = self.loop.call_later(BODY_READ_TIMEOUT_S, self._body_overdue)
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -201,7 +201,7 @@ class _Connection(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
         self.busy = True
-        task = asyncio.ensure_future(self.server.dispatch(request))
+        task = self.loop.create_task(self.server.dispatch(request))
         self.server.inflight.add(task)
         task.add_done_callback(lambda done: self._finish(done, keep_alive))
 
@@ -256,7 +256,10 @@ def _too_large(limit: int) -> Response:
 
 
 class RouterServer:
-    """Serves ``routes`` (``(method, path) -> handler``) on one listening socket."""
+    """Serves ``routes`` (``(method, path) -> handler``) on one listening socket.
+
+    Build it inside the running event loop, which it keeps.
+    """
 
     def __init__(
         self,
@@ -271,6 +274,9 @@ class RouterServer:
         self.connections: set[_Connection] = set()
         self.inflight: set[asyncio.Future[Response]] = set()
         self.stopping = False
+        # NB: built inside the running loop and kept, so the hot path never asks for it:
+        # ``asyncio.get_running_loop`` costs a ``getpid`` system call each time.
+        self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
 
     async def dispatch(self, request: Request) -> Response:
@@ -288,8 +294,7 @@ class RouterServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: a free port); return the bound port."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        self._server = await self.loop.create_server(
             lambda: _Connection(self), host, port, backlog=1024, reuse_address=True
         )
         return int(self._server.sockets[0].getsockname()[1])

@@ -104,7 +104,7 @@ class _ShardConnection(asyncio.Protocol):
         assert self.transport is not None, "send after connection_made"
         assert self._waiter is None, "one request at a time"
         self.received = False
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self.pool.loop.create_future()
         self.transport.write(data)
         return self._waiter
 
@@ -130,6 +130,9 @@ class ShardPool:
         self.port = port
         self.limit = limit
         self.keepalive = keepalive
+        # NB: pools are opened inside the running loop and keep it: asyncio.get_running_loop
+        # costs a getpid system call, several per request on the hot path.
+        self.loop = asyncio.get_running_loop()
         self.open: set[_ShardConnection] = set()
         self.idle: list[_ShardConnection] = []
         self.queue: deque[asyncio.Future[_ShardConnection | None]] = deque()
@@ -151,11 +154,10 @@ class ShardPool:
         return False
 
     async def _connect(self) -> _ShardConnection:
-        loop = asyncio.get_running_loop()
         conn = _ShardConnection(self)
         self.open.add(conn)
         try:
-            await loop.create_connection(lambda: conn, self.host, self.port)
+            await self.loop.create_connection(lambda: conn, self.host, self.port)
         except OSError as exc:
             self.forget(conn)
             raise ShardConnectionError(f"cannot connect to {self.name}: {exc}") from exc
@@ -166,7 +168,7 @@ class ShardPool:
 
     async def _acquire(self) -> tuple[_ShardConnection, bool]:
         """A connection and whether it was reused; waits while ``limit`` are busy."""
-        now = asyncio.get_running_loop().time()
+        now = self.loop.time()
         while True:
             while self.idle:
                 conn = self.idle.pop()
@@ -179,7 +181,7 @@ class ShardPool:
             if len(self.open) < self.limit:
                 return await self._connect(), False
             waiter: asyncio.Future[_ShardConnection | None]
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self.queue.append(waiter)
             try:
                 handed = await waiter
@@ -200,7 +202,7 @@ class ShardPool:
         if conn.closed:
             return
         if not self._wake(conn):
-            conn.idle_since = asyncio.get_running_loop().time()
+            conn.idle_since = self.loop.time()
             self.idle.append(conn)
 
     def encode(self, path: str, headers: dict[str, str], body: bytes) -> bytes:
@@ -236,7 +238,7 @@ class ShardPool:
 
 
 class ShardClients:
-    """One :class:`ShardPool` per shard URL, opened on first use."""
+    """One :class:`ShardPool` per shard URL, opened on first use (inside the running loop)."""
 
     def __init__(self, limit: int, keepalive: float) -> None:
         self.limit = limit
