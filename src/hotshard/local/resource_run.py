@@ -6,9 +6,10 @@ campaign-configuration service would push it. At the end of the pass every live 
 ``/resources`` (cost per campaign and the containment events: anomaly, throttle, trip, config,
 widen, promote, rollback) is collected. :func:`summarise_resources` turns those records, the
 control loop's timeline and the load generators' counts into the figures ``summary.json``
-carries: how fast the bad campaign was detected by its resource signal, what contained it,
-whether and why it was rolled back, its rate before and during (flat, by design), and the cost
-per campaign.
+carries: how fast the bad campaign was detected by its resource signal, what contained it
+(the bidders' throttle and trip, the engine's move to the sandbox tier), whether and why it was
+rolled back, how far each graduated rollout widened, its rate before and during (flat, by
+design), and the cost per campaign.
 """
 
 from __future__ import annotations
@@ -109,21 +110,46 @@ def merge_costs(reports: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, An
     return merged
 
 
-def _quarantined(timeline: list[Entry], campaign: str, after: float) -> Entry | None:
-    """The first commit that put ``campaign`` on a sandbox shard, if any."""
+def _quarantines(timeline: list[Entry], campaign: str | None = None) -> list[tuple[Entry, str]]:
+    """Every commit that put a campaign (``campaign``, or any) on a sandbox shard, with the
+    action's words."""
+    found = []
     for e in timeline:
-        quarantine = any(a.startswith("quarantine") and repr(campaign) in a for a in e.actions)
-        if e.kind in ("commit", "final") and e.time >= after and quarantine:
-            return e
-    return None
+        if e.kind not in ("commit", "final"):
+            continue
+        for a in e.actions:
+            if a.startswith("quarantine") and (campaign is None or repr(campaign) in a):
+                found.append((e, a))
+    return found
 
 
-def _engine_detect(timeline: list[Entry], campaign: str, after: float) -> Entry | None:
+def _quarantined(timeline: list[Entry], campaign: str, after: float, until: float) -> Entry | None:
+    """The first commit in ``[after, until)`` that put ``campaign`` on a sandbox shard."""
+    return next((e for e, _ in _quarantines(timeline, campaign) if after <= e.time < until), None)
+
+
+def _engine_detect(
+    timeline: list[Entry], campaign: str, after: float, until: float
+) -> Entry | None:
     for e in timeline:
         resource = any(f"/{campaign} (cpu_per_request)" in h for h in e.hot)
-        if e.time >= after and resource:
+        if after <= e.time < until and resource:
             return e
     return None
+
+
+def _sandbox_events(timeline: list[Entry]) -> list[dict[str, Any]]:
+    """The engine's quarantines as containment events, beside the bidders' own."""
+    events = []
+    for e, action in _quarantines(timeline):
+        if e.kind != "final":
+            continue
+        campaign = action.split("'")[1] if action.count("'") >= 2 else ""
+        events.append(
+            {"time": e.time, "shard": "engine", "kind": "sandbox", "campaign": campaign}
+            | {"reason": action.split(": ", 1)[-1]}
+        )
+    return events
 
 
 def summarise_resources(
@@ -134,7 +160,8 @@ def summarise_resources(
 ) -> dict[str, Any]:
     """The resource figures of one pass, keyed as ``summary.json`` carries them."""
     events = sorted(
-        (e for r in reports.values() for e in r.get("events", [])), key=lambda e: e["time"]
+        [e for r in reports.values() for e in r.get("events", [])] + _sandbox_events(timeline),
+        key=lambda e: e["time"],
     )
     costs = merge_costs(reports)
     changes = []
@@ -144,12 +171,13 @@ def summarise_resources(
         until = later[0] if later else float("inf")
         mine = [e for e in events if e["campaign"] == campaign and at <= e["time"] < until]
         anomaly = next((e for e in mine if e["kind"] == "anomaly"), None)
-        engine = _engine_detect(timeline, campaign, at)
-        sandbox = _quarantined(timeline, campaign, at)
+        engine = _engine_detect(timeline, campaign, at, until)
+        sandbox = _quarantined(timeline, campaign, at, until)
         rollback = next((e for e in mine if e["kind"] == "rollback"), None)
         contained = sorted({e["kind"] for e in mine if e["kind"] in ("throttle", "trip")})
         if sandbox is not None:
             contained.append("sandbox")
+        widened = [e.get("to", 0.0) for e in mine if e["kind"] == "widen"]
         detected = [t for t in (anomaly and anomaly["time"], engine and engine.time) if t]
         changes.append(
             {
@@ -165,14 +193,20 @@ def summarise_resources(
                 "rolled_back": rollback is not None,
                 "rollback_seconds": round(rollback["time"] - at, 2) if rollback else None,
                 "rollback_reason": rollback["reason"] if rollback else None,
+                "rollback_share": rollback.get("share") if rollback else None,
+                "widened_to": max(widened, default=None),
+                "promoted": any(e["kind"] == "promote" for e in mine),
                 "cost": costs.get(campaign),
             }
         )
     top = sorted(costs.items(), key=lambda kv: -kv[1]["cpu_seconds"])[:TOP_CAMPAIGNS]
     changed = {c["campaign"] for c in changes}
     listed = dict(top) | {k: v for k, v in costs.items() if k in changed}
-    # NB: the headline figures are those of the change that caused a spike (else the last).
-    spiked = [c for c in changes if c["resource_detect_seconds"] is not None]
+    # NB: the headline figures are those of the first change that caused a spike: rolled back,
+    # else detected (a campaign's cold start on a fresh shard can look anomalous), else the last.
+    spiked = [c for c in changes if c["rolled_back"]] or [
+        c for c in changes if c["resource_detect_seconds"] is not None
+    ]
     first = spiked[0] if spiked else (changes[-1] if changes else {})
     return {
         "config_changes": changes,
@@ -193,9 +227,11 @@ def render_resources(summary: dict[str, Any], baseline: dict[str, Any]) -> list[
     """The report's section on configuration changes, containment and cost per campaign."""
     lines = ["", "## Resource hot spots", "", "| change | measure | with hotshard | baseline |"]
     lines.append("| --- | --- | --- | --- |")
-    theirs = {c["campaign"]: c for c in baseline.get("config_changes") or []}
-    for change in summary["config_changes"]:
-        other = theirs.get(change["campaign"], {})
+    # NB: both passes replay one scenario, so their changes pair up in order.
+    theirs = list(baseline.get("config_changes") or [])
+    for i, change in enumerate(summary["config_changes"]):
+        other = theirs[i] if i < len(theirs) else {}
+        label = f"{i + 1}. {change['campaign']} ({change['rollout']})"
         for key in (
             "resource_detect_seconds",
             "bidder_detect_seconds",
@@ -204,10 +240,13 @@ def render_resources(summary: dict[str, Any], baseline: dict[str, Any]) -> list[
             "sandbox_seconds",
             "rolled_back",
             "rollback_seconds",
+            "rollback_share",
+            "widened_to",
+            "promoted",
         ):
-            lines.append(f"| {change['campaign']} | {key} | {change.get(key)} | {other.get(key)} |")
+            lines.append(f"| {label} | {key} | {change.get(key)} | {other.get(key)} |")
         if change.get("rollback_reason"):
-            lines.append(f"\nRolled back: {change['rollback_reason']}\n")
+            lines.append(f"\nChange {i + 1} rolled back: {change['rollback_reason']}\n")
     lines += ["", "| campaign | requests | CPU s | µs/request | throttled | tripped |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for name, c in summary["cost_per_campaign"].items():
