@@ -7,7 +7,9 @@ remove the fleet. Nothing here talks to the API: ``reconcile`` applies what thes
 
 Per tier there is one StatefulSet (stable pod names are the shard names in the routing table,
 and scaling down removes the highest ordinal first, which is the drain order the control loop
-plans for) and one headless Service (stable per-pod DNS names are the shard URLs).
+plans for) and one headless Service (stable per-pod DNS names are the shard URLs). Per map there
+is one bidder ServiceAccount with a Role that may read only the map's routing ConfigMap, so the
+bidders follow the table through the API like the router does.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def shard_url(pmap: str, namespace: str, tier: Tier, ordinal: int, port: int) ->
     return f"http://{host}:{port}"
 
 
+def bidder_account_name(pmap: str) -> str:
+    """Name of the bidders' ServiceAccount, Role and RoleBinding, e.g. ``fleet-bidder``."""
+    return f"{pmap}-bidder"
+
+
 def selector_labels(pmap: str, tier: Tier) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "hotshard-bidder",
@@ -103,17 +110,17 @@ def _container(pmap: str, spec: PartitionMapSpec, tier: Tier, config_map: str) -
     return {
         "name": "bidder",
         "image": bidder.image,
-        "args": [
-            "bidder",
-            "--shard",
-            "$(POD_NAME)",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(bidder.port),
-        ],
+        "args": ["bidder", "--host", "0.0.0.0", "--port", str(bidder.port)],
         "env": [
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            # The shard is the pod: its name is the shard's name in the routing table.
+            {
+                "name": "HOTSHARD_BIDDER_SHARD",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+            {
+                "name": "HOTSHARD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
             {"name": "HOTSHARD_ROUTING_CONFIGMAP", "value": config_map},
             {"name": "HOTSHARD_TIER", "value": tier},
         ],
@@ -167,6 +174,8 @@ def build_stateful_set(
                     },
                 },
                 "spec": {
+                    # NB: the token is what the ConfigMap watch authenticates with.
+                    "serviceAccountName": bidder_account_name(pmap),
                     "automountServiceAccountToken": True,
                     "terminationGracePeriodSeconds": 30,  # in-flight bids finish in well under 1 s
                     "securityContext": {
@@ -202,6 +211,50 @@ def build_service(
     }
 
 
+def _bidder_meta(pmap: str, namespace: str, uid: str) -> dict[str, Any]:
+    return {
+        "name": bidder_account_name(pmap),
+        "namespace": namespace,
+        "labels": {k: v for k, v in labels(pmap, "base").items() if k != "hotshard.io/tier"},
+        "ownerReferences": [owner_reference(pmap, uid)],
+    }
+
+
+def build_bidder_access(
+    pmap: str, namespace: str, uid: str, spec: PartitionMapSpec
+) -> list[Manifest]:
+    """The bidders' ServiceAccount, and a Role to read the routing ConfigMap and nothing else."""
+    meta = _bidder_meta(pmap, namespace, uid)
+    name = bidder_account_name(pmap)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                # Follow this map's routing ConfigMap: read it, and watch it by name.
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [routing_config_map_name(pmap, spec)],
+                    "verbs": ["get", "watch"],
+                },
+                # A watch by name is a list with a field selector, and list cannot be limited
+                # by resourceNames (the router's Role has the same pair of rules).
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]
+
+
 def build_first_table(pmap: str, namespace: str, spec: PartitionMapSpec) -> RoutingTable:
     """The first routing table: partitions spread evenly over the base tier.
 
@@ -230,12 +283,13 @@ def build_children(
     spec: PartitionMapSpec,
     overflow_replicas: int | None = None,
 ) -> list[Manifest]:
-    """Every StatefulSet and Service of the fleet, in the order they should be applied.
+    """Every child of the fleet, in the order they should be applied.
 
-    ``overflow_replicas`` is what the overflow tier runs now (the actuator owns that number
-    once the fleet exists); when ``None`` it starts at the warm pool size.
+    The bidders' ServiceAccount and Role come first, so their pods start with a token that may
+    read the routing ConfigMap. ``overflow_replicas`` is what the overflow tier runs now (the
+    actuator owns that number once the fleet exists); when ``None`` it starts at the warm pool.
     """
-    out: list[Manifest] = []
+    out: list[Manifest] = build_bidder_access(pmap, namespace, uid, spec)
     for tier in TIERS:
         out.append(build_service(pmap, namespace, uid, spec, tier))
         replicas = tier_replicas(spec, tier)

@@ -1,6 +1,7 @@
 """The reconciler's Kubernetes I/O, over the official ``kubernetes`` client.
 
-This is the one module that turns manifests into API calls: create-or-patch children, patch
+This is the one module that turns manifests into API calls: create-or-patch children (tier
+StatefulSets and Services, the bidders' ServiceAccount, Role and RoleBinding), patch
 the PartitionMap's status subresource, post Events, read how many shards are ready. The client
 is synchronous, so every call runs in a worker thread to keep kopf's event loop free.
 
@@ -42,6 +43,7 @@ class KubernetesCluster:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
 
     def routing_store(self, namespace: str, name: str) -> ConfigMapRoutingStore:
         labels = {"app.kubernetes.io/part-of": "hotshard", "hotshard.io/role": "routing"}
@@ -57,6 +59,15 @@ class KubernetesCluster:
                 self.apps.patch_namespaced_stateful_set,
             ),
             "Service": (self.core.create_namespaced_service, self.core.patch_namespaced_service),
+            "ServiceAccount": (
+                self.core.create_namespaced_service_account,
+                self.core.patch_namespaced_service_account,
+            ),
+            "Role": (self.rbac.create_namespaced_role, self.rbac.patch_namespaced_role),
+            "RoleBinding": (
+                self.rbac.create_namespaced_role_binding,
+                self.rbac.patch_namespaced_role_binding,
+            ),
         }
         if manifest["kind"] not in calls:
             raise ValueError(f"no apply rule for kind {manifest['kind']}")

@@ -261,6 +261,16 @@ async def test_create_makes_the_children_the_routing_config_map_and_ready(api: F
         "fleet-overflow": "None",
         "fleet-sandbox": "None",
     }
+    access = {
+        (k[0].plural, k[2])
+        for k in api.objects
+        if k[0].plural in ("serviceaccounts", "roles", "rolebindings")
+    }
+    assert access == {
+        (kind, "fleet-bidder") for kind in ("serviceaccounts", "roles", "rolebindings")
+    }
+    role = api.objects["rbac.authorization.k8s.io/v1/roles", NS, "fleet-bidder"].raw
+    assert role["rules"][0]["resourceNames"] == ["fleet-routing"]
     table = table_in(api)
     assert table.version == 1
     assert [s.name for s in table.shards] == [f"fleet-base-{i}" for i in range(4)] + [

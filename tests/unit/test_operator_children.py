@@ -61,6 +61,41 @@ def test_sandbox_pods_get_the_sandbox_cpu_limit_and_all_pods_are_locked_down() -
     assert {"name": "HOTSHARD_ROUTING_CONFIGMAP", "value": "fleet-routing"} in base["env"]
 
 
+def test_bidders_run_as_their_own_account_that_reads_only_the_routing_config_map() -> None:
+    spec = make_spec(routing={"configMapName": "fleet-table"})
+    children = build_children("fleet", "bidding", "uid-1", spec)
+    (account,) = by_kind(children, "ServiceAccount").values()
+    (role,) = by_kind(children, "Role").values()
+    (binding,) = by_kind(children, "RoleBinding").values()
+    assert account["metadata"]["name"] == role["metadata"]["name"] == "fleet-bidder"
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["fleet-table"],
+            "verbs": ["get", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]},
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "fleet-bidder",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "fleet-bidder", "namespace": "bidding"}
+    ]
+    for tier, sts in by_kind(children, "StatefulSet").items():
+        pod = sts["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "fleet-bidder", tier
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["HOTSHARD_BIDDER_SHARD"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "metadata.name"}
+        }
+        assert env["HOTSHARD_ROUTING_CONFIGMAP"]["value"] == "fleet-table"
+        assert "--shard" not in pod["containers"][0]["args"]
+
+
 def test_overflow_runs_serving_plus_warm_up_to_its_maximum() -> None:
     spec = make_spec(tiers={"overflow": {"warm": 2, "maximum": 5}})
     assert [tier_replicas(spec, "overflow", n) for n in (0, 1, 3, 4, 9)] == [2, 3, 5, 5, 5]

@@ -104,6 +104,9 @@ async def test_create_applies_children_and_publishes_the_first_table(
     cluster = FakeCluster()
     status = await ensure_fleet(REF, SPEC, PartitionMapStatus(), cluster, store)
     assert [(m["kind"], m["metadata"]["name"]) for m in cluster.applied] == [
+        ("ServiceAccount", "fleet-bidder"),
+        ("Role", "fleet-bidder"),
+        ("RoleBinding", "fleet-bidder"),
         ("Service", "fleet-base"),
         ("StatefulSet", "fleet-base"),
         ("Service", "fleet-overflow"),
