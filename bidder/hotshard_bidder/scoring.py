@@ -130,7 +130,8 @@ def device_value(doc: dict[str, Any]) -> float:
 def price_imp(
     imp: Imp, shared: list[str], campaign: str, rounds: int, device: float
 ) -> tuple[float, str]:
-    """Our price (CPM) for one impression and the media type we bid with; 0.0 means pass."""
+    """Our price (CPM, US dollars like ``imp.floor``) for one impression and the media type we
+    bid with; 0.0 means pass."""
     features = shared + imp_features(imp)
     media = max(imp.media, key=MEDIA_VALUE.__getitem__) if imp.media else "banner"
     value = campaign_base_cpm(campaign) * MEDIA_VALUE[media] * device

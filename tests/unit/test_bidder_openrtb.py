@@ -48,6 +48,11 @@ def test_every_corpus_request_passes_and_is_priced() -> None:
         (b'{"id": "r", "imp": [{"id": "1"}], "tmax": 1.5}', "'tmax' must be an integer"),
         (b'{"id": "r", "imp": [{"id": "1"}], "tmax": "100"}', "'tmax' must be an integer"),
         (b'{"id": "r", "imp": [{"id": "1"}], "device": "phone"}', "'device' must be an object"),
+        (
+            b'{"id": "r", "imp": [{"id": "1", "bidfloor": 1, "bidfloorcur": "XYZ"}]}',
+            "imp[0].bidfloorcur 'XYZ' is not a currency we convert",
+        ),
+        (b'{"id": "r", "imp": [{"id": "1", "bidfloorcur": 978}]}', "bidfloorcur must be a string"),
     ],
 )
 def test_malformed_requests_name_their_problem(body: bytes, reason: str) -> None:
@@ -69,3 +74,34 @@ def test_response_carries_the_openrtb_fields() -> None:
     )
     assert bid["adm"].startswith("<VAST")
     assert "${AUCTION_PRICE}" in bid["nurl"]
+
+
+@pytest.mark.parametrize(
+    ("currency", "floor_usd"),
+    [(None, 2.0), ("USD", 2.0), ("EUR", 2.16), ("eur", 2.16), ("JPY", 0.0134), ("RUB", 0.022)],
+)
+def test_floors_are_converted_to_dollars(currency: str | None, floor_usd: float) -> None:
+    imp: dict[str, object] = {"id": "1", "bidfloor": 2.0, "banner": {}}
+    if currency is not None:
+        imp["bidfloorcur"] = currency
+    view = check_request({"id": "r", "imp": [imp]})
+    assert view.imps[0].floor == pytest.approx(floor_usd)
+
+
+def test_a_floor_in_euros_is_compared_in_dollars() -> None:
+    """A floor just under the bid's value in dollars passes in USD and is not met in EUR."""
+    doc = {"id": "r", "imp": [{"id": "1", "bidfloor": 0.0, "banner": {}}]}
+    view = check_request(doc)
+    features = scoring.request_features(view)
+    value, _ = scoring.price_imp(view.imps[0], features, "camp-1", 4, 1.0)
+    assert value > 0.0
+    value_usd = value / scoring.SHADE  # from a zero floor the bid is SHADE x our value
+    floor = round(value_usd / 1.04, 6)  # under the value in dollars, over it once x1.08 (EUR)
+    in_usd = check_request({"id": "r", "imp": [{"id": "1", "bidfloor": floor, "banner": {}}]})
+    in_eur = check_request(
+        {"id": "r", "imp": [{"id": "1", "bidfloor": floor, "bidfloorcur": "EUR", "banner": {}}]}
+    )
+    usd_price, _ = scoring.price_imp(in_usd.imps[0], features, "camp-1", 4, 1.0)
+    eur_price, _ = scoring.price_imp(in_eur.imps[0], features, "camp-1", 4, 1.0)
+    assert usd_price == pytest.approx(floor + scoring.SHADE * (value_usd - floor))
+    assert eur_price == 0.0
