@@ -106,9 +106,12 @@ class _Connection(asyncio.Protocol):
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.pending: deque[tuple[Request, bool]] = deque()
+        self.pending: deque[tuple[Request | Response, bool]] = deque()
+        """Requests waiting for their turn, in order; a :class:`Response` in the queue is a
+        refusal of the HTTP layer, written after the answers owed before it, then we close."""
         self.busy = False
         self.closing = False
+        self.refusing = False
         self.paused = False
         self._url = b""
         self._headers: dict[str, str] = {}
@@ -129,7 +132,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.refusing:
             return
         try:
             self.parser.feed_data(data)
@@ -173,7 +176,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._cancel_timer()
-        if self.closing:
+        if self.closing or self.refusing:
             return
         if self._too_large:
             self.answer_and_close(_too_large(self.server.max_body_bytes))
@@ -193,47 +196,55 @@ class _Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start the handler of the oldest waiting request, if any."""
-        if not self.pending or self.closing:
+        if not self.pending or self.closing or self.transport is None:
             self.busy = False
             return
-        request, keep_alive = self.pending.popleft()
-        if self.paused and len(self.pending) < MAX_PIPELINED // 2 and self.transport:
+        item, keep_alive = self.pending.popleft()
+        if isinstance(item, Response):
+            self._write(item, keep_alive=False)
+            return
+        if self.paused and len(self.pending) < MAX_PIPELINED // 2:
             self.paused = False
             self.transport.resume_reading()
         self.busy = True
-        task = self.loop.create_task(self.server.dispatch(request))
+        task = self.loop.create_task(self.server.dispatch(item))
         self.server.inflight.add(task)
         task.add_done_callback(lambda done: self._finish(done, keep_alive))
 
     def _finish(self, task: asyncio.Future[Response], keep_alive: bool) -> None:
         self.server.inflight.discard(task)
+        self.busy = False
         if task.cancelled():
             response = Response.json(503, {"error": "router shutting down"})
             keep_alive = False
         else:
             response = task.result()  # dispatch never raises
+        if self._write(response, keep_alive and not self.server.stopping):
+            self._next()
+
+    def _write(self, response: Response, keep_alive: bool) -> bool:
+        """Write ``response``; close unless ``keep_alive``. Whether the connection is still open."""
         if self.transport is None or self.closing:
-            self.busy = False
-            return
-        keep_alive = keep_alive and not self.server.stopping
+            return False
         self.transport.write(encode_response(response, keep_alive))
         if not keep_alive:
             self.closing = True
             self.transport.close()
-            return
-        self._next()
+        return keep_alive
 
     def answer_and_close(self, response: Response) -> None:
-        """Answer a request the parser refused, then close (the stream is beyond repair)."""
+        """Refuse a request the HTTP layer cannot pass on (400, 408, 413) and stop reading:
+        after the answers owed to earlier requests, write this one and close."""
         self._cancel_timer()
-        if self.closing or self.transport is None:
+        if self.closing or self.refusing or self.transport is None:
             return
-        self.closing = True
+        self.refusing = True
         if self.server.on_refused is not None:
             self.server.on_refused(response.status)
-        if not self.busy:  # NB: with a handler running, its answer is owed first; drop this one
-            self.transport.write(encode_response(response, keep_alive=False))
-        self.transport.close()
+        self.transport.pause_reading()
+        self.pending.append((response, False))
+        if not self.busy:
+            self._next()
 
     def _body_overdue(self) -> None:
         self._timer = None
