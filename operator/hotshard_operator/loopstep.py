@@ -5,16 +5,13 @@ step:
 
 1. checks that the fleet's metrics are fresh (:class:`~hotshard_operator.signals.
    FreshnessGate`); if not, it raises before anything is read or written (fail static);
-2. settles a hand-over a previous operator left half-done, from the ConfigMap alone: a table
-   in phase *commit* already has its new owners serving, so it is finished (the migrations
-   are dropped, one version up); a table in phase *prepare* is rolled back with
-   :func:`hotshard.routing.migration.rollback`, because nobody can vouch that its new owners
-   warmed up. Both are compare-and-swap writes;
-3. runs one :meth:`hotshard.control.loop.ControlLoop.tick`, the loop local mode runs, with the
+2. runs one :meth:`hotshard.control.loop.ControlLoop.tick`, the loop local mode runs, with the
    engine configured from the spec, the routing store on the ConfigMap (a 409 re-reads and
-   re-plans inside the loop) and the :class:`~hotshard_operator.actuator.KubernetesActuator`;
-4. turns the loop's timeline entries and the actuator's removals into Events and a
-   :class:`~hotshard_operator.reconcile.StepResult` for status.
+   re-plans inside the loop) and the :class:`~hotshard_operator.actuator.KubernetesActuator`.
+   The loop first settles a hand-over a previous operator left half-done, from the ConfigMap
+   alone: phase *commit* is finished, phase *prepare* rolled back (crash safety);
+3. turns what the loop settled, its timeline entries and the actuator's removals into Events
+   and a :class:`~hotshard_operator.reconcile.StepResult` for status.
 
 The loop and its engine live as long as the PartitionMap's daemon (the engine's baselines are
 its memory); a new spec generation builds a new step.
@@ -27,15 +24,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from hotshard.control.loop import ControlLoop, LoopSettings
+from hotshard.control.loop import ControlLoop, LoopSettings, Settled
 from hotshard.control.prometheus import PrometheusSource
 from hotshard.control.timeline import Entry
 from hotshard.engine import Engine
 from hotshard.engine.model import Decision, HotSpot
-from hotshard.routing import MigrationPhase, RoutingTable
+from hotshard.routing import RoutingTable
 from hotshard.routing.configmap_store import ConfigMapRoutingStore
-from hotshard.routing.migration import rollback
-from hotshard.routing.store import RoutingStore, StaleTokenError
+from hotshard.routing.store import RoutingStore
 from hotshard.routing.table import RoutingSnapshot
 from hotshard_operator.actuator import KubernetesActuator, VersionReader
 from hotshard_operator.engine_config import to_engine_config
@@ -52,8 +48,6 @@ from hotshard_operator.status import HotPartition
 PREPARE_TIMEOUT_S = 3.0
 """Longest wait for new owners to run the prepare table: a watch delivers the ConfigMap in
 well under a second, and Prometheus needs up to one 1 s scrape plus a query to show it."""
-SETTLE_ATTEMPTS = 3
-"""Compare-and-swap attempts to settle a half-done hand-over before leaving it to next tick."""
 GROWING = ("split", "migrate", "quarantine", "claim_shard")
 """Action kinds that give a hot spot room: their hand-over is a split in the Events."""
 STATUS_ACTION: dict[str, Action] = {
@@ -76,12 +70,22 @@ def describe_migrations(table: RoutingTable, limit: int = 4) -> str:
     return "; ".join(parts) + (f" and {more} more" if more > 0 else "")
 
 
-def finish(table: RoutingTable) -> RoutingTable:
-    """The final table of a hand-over in phase commit: same routes, no migrations."""
-    data = table.model_dump()
-    data["version"] = table.version + 1
-    data["migrations"] = []
-    return RoutingTable.model_validate(data)
+def settle_event(settled: Settled) -> Transition:
+    """The Event for a hand-over the loop found half-done and settled."""
+    found, new = settled.found, settled.written
+    what = describe_migrations(found)
+    if settled.outcome == "finished":
+        return Transition(
+            "SplitCommitted",
+            f"v{new.version}: finished the hand-over left in phase commit at v{found.version};"
+            f" the new owners already served: {what}",
+        )
+    return Transition(
+        "SplitRolledBack",
+        f"v{new.version}: rolled back the hand-over left in phase prepare at v{found.version};"
+        f" the old owners serve again: {what}",
+        warning=True,
+    )
 
 
 def hot_partitions(hot: Sequence[HotSpot], table: RoutingTable) -> list[HotPartition]:
@@ -168,39 +172,6 @@ class LoopStep:
     async def _read(self) -> tuple[RoutingTable, str]:
         return await asyncio.to_thread(self.store.read)
 
-    async def settle_handover(self) -> tuple[Transition, int] | None:
-        """Finish (phase commit) or roll back (phase prepare) a hand-over found in the table.
-
-        Returns the Event to post and the version written, or None when there was nothing to
-        settle (or another writer kept winning; the next tick looks again).
-        """
-        for _ in range(SETTLE_ATTEMPTS):
-            table, token = await self._read()
-            if not table.migrations:
-                return None
-            what = describe_migrations(table)
-            if all(m.phase is MigrationPhase.COMMIT for m in table.migrations):
-                new = finish(table)
-                event = Transition(
-                    "SplitCommitted",
-                    f"v{new.version}: finished the hand-over left in phase commit at"
-                    f" v{table.version}; the new owners already served: {what}",
-                )
-            else:
-                new = rollback(table)
-                event = Transition(
-                    "SplitRolledBack",
-                    f"v{new.version}: rolled back the hand-over left in phase prepare at"
-                    f" v{table.version}; the old owners serve again: {what}",
-                    warning=True,
-                )
-            try:
-                await asyncio.to_thread(self.store.replace, new, token)
-            except StaleTokenError:
-                continue  # another writer moved first: look again at what it left
-            return event, new.version
-        return None
-
     def _take_removed(self) -> Transition | None:
         removed, self.actuator.removed[:] = list(self.actuator.removed), []
         if not removed:
@@ -214,11 +185,13 @@ class LoopStep:
     async def step(self) -> StepResult:
         now = self.clock()
         await self.gate.check(now)
-        settled = await self.settle_handover()
         mark = len(self.loop.timeline)
         tick = await self.loop.tick(now)
+        settled = tick.settled
         entries = self.loop.timeline.entries[mark:]
-        events = [settled[0]] if settled else []
+        if settled is not None:  # the settling entry is reported by its own Event
+            entries = [e for e in entries if e.version != settled.written.version]
+        events = [settle_event(settled)] if settled else []
         events += handover_events(entries)
         shrunk = self._take_removed()
         events += [shrunk] if shrunk else []
@@ -227,11 +200,11 @@ class LoopStep:
         if action == "hold" and conflicts:
             reason = f"{conflicts[-1].reason}; the next tick plans on the new table"
         elif action == "none" and settled is not None:
-            rolled_back = settled[0].reason == "SplitRolledBack"
-            action, reason = ("hold" if rolled_back else "move"), settled[0].message
+            rolled_back = settled.outcome == "rolled_back"
+            action, reason = ("hold" if rolled_back else "move"), events[0].message
         elif action == "none" and shrunk is not None:
             action, reason = "scaleDown", shrunk.message
-        written = ([settled[1]] if settled else []) + [
+        written = ([settled.written.version] if settled else []) + [
             e.version for e in entries if e.version is not None
         ]
         table, _ = await self._read()

@@ -166,6 +166,64 @@ async def test_observing_only_records_but_never_writes(tmp_path: Path) -> None:
     assert [e.kind for e in loop.timeline] == ["observe", "observe"]
 
 
+class StillEngine(FakeEngine):
+    """Wants no change, so a tick's only write is the settling one."""
+
+    def step(self, observation: Observation, table: RoutingTable, pool: PoolState) -> Decision:
+        self.tables.append(table)
+        return Decision(None, (), (), {}, "calm", COST, 0)
+
+
+def leave_half_done(store: FileRoutingStore, phase: MigrationPhase) -> RoutingTable:
+    """Write partition 12's move to overflow-0 up to ``phase``, as a crashed writer would."""
+    from hotshard.routing.migration import plan_handover
+
+    current, token = store.read()
+    plan = plan_handover(current, moved(current, 12, "overflow-0"))
+    assert plan.prepare is not None
+    assert plan.commit is not None
+    token = store.replace(plan.prepare, token)
+    if phase is MigrationPhase.COMMIT:
+        store.replace(plan.commit, token)
+    return current
+
+
+async def test_a_half_done_handover_in_phase_prepare_is_rolled_back(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    before = leave_half_done(store, MigrationPhase.PREPARE)
+    engine = StillEngine()
+    loop = ControlLoop(engine, FakeSource(), store, FakeActuator(store))
+    tick = await loop.tick(1000.0)
+    table, _ = store.read()
+    assert table.version == 3  # v2 prepare, v3 the rollback
+    assert not table.migrations
+    assert table.owners()[12] == before.owners()[12] == "base-1"  # the old owner serves
+    assert not engine.tables[0].migrations  # the engine plans on the settled table
+    assert tick.settled is not None
+    assert (tick.settled.outcome, tick.settled.found.version) == ("rolled_back", 2)
+    (entry,) = loop.timeline.entries
+    assert (entry.kind, entry.version) == ("hold", 3)
+    assert entry.reason == "v3: rolled back the unfinished hand-over of v2"
+
+
+async def test_a_half_done_handover_in_phase_commit_is_finished(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    leave_half_done(store, MigrationPhase.COMMIT)
+    engine = StillEngine()
+    loop = ControlLoop(engine, FakeSource(), store, FakeActuator(store))
+    tick = await loop.tick(1000.0)
+    table, _ = store.read()
+    assert table.version == 4  # v2 prepare, v3 commit, v4 finished
+    assert not table.migrations
+    assert table.owners()[12] == "overflow-0"  # the new owner keeps what it already served
+    assert engine.tables[0] == table
+    assert tick.settled is not None
+    assert (tick.settled.outcome, tick.settled.found.version) == ("finished", 3)
+    (entry,) = loop.timeline.entries
+    assert (entry.kind, entry.version) == ("final", 4)
+    assert entry.reason == "v4: finished the hand-over of v3, whose new owners already served"
+
+
 async def test_a_half_done_handover_is_rolled_back_before_planning(tmp_path: Path) -> None:
     from hotshard.routing.migration import plan_handover
 

@@ -1,11 +1,14 @@
 """The control loop: observe, decide with the engine, hand over in two phases, keep the pool.
 
-Local mode runs it today and the Kubernetes operator will run the same loop; only the edges
-differ (a :class:`~hotshard.control.sources.MetricsSource`, a routing store, an
+Local mode and the Kubernetes operator run this same loop; only the edges differ (a
+:class:`~hotshard.control.sources.MetricsSource`, a routing store, an
 :class:`~hotshard.control.actuator.Actuator`). The engine in the middle is pure. Each
 :meth:`ControlLoop.tick`:
 
-1. observes the last second;
+1. settles a hand-over an earlier tick (or a crashed process) left half-done in the table, from
+   the table alone: a hand-over in phase *commit* already has its new owners serving, so it is
+   *finished* (migrations dropped, routes kept); one in phase *prepare* is *rolled back*,
+   because nothing vouches that its new owners ever loaded it; then observes the last second;
 2. asks the engine for a decision against the table it just read (and its CAS token);
 3. if the decision carries a new table, and mitigation is on, and the data is fresh, hands it
    over in two phases: write the *prepare* table by compare-and-swap, wait until the new owners
@@ -26,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,7 +37,7 @@ from hotshard.control.actuator import Actuator
 from hotshard.control.sources import MetricsSource
 from hotshard.control.timeline import EntryKind, Timeline
 from hotshard.engine.model import Decision, Observation, PoolState
-from hotshard.routing import RoutingTable
+from hotshard.routing import MigrationPhase, RoutingTable
 from hotshard.routing.store import RoutingStore, StaleTokenError
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,15 @@ class LoopSettings(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class Settled:
+    """A hand-over found half-done at the start of a tick, and the table that settled it."""
+
+    outcome: Literal["finished", "rolled_back"]
+    found: RoutingTable
+    written: RoutingTable
+
+
 @dataclass
 class TickResult:
     """What one tick saw and did, for the live view."""
@@ -103,6 +115,8 @@ class TickResult:
     observation: Observation
     decision: Decision
     written: tuple[int, ...] = ()
+    settled: Settled | None = None
+    """The half-done hand-over this tick settled before planning, if any."""
 
 
 class ControlLoop:
@@ -140,8 +154,9 @@ class ControlLoop:
     async def tick(self, now: float | None = None) -> TickResult:
         now = time.time() if now is None else now
         table, token = await self._read()
+        settled: Settled | None = None
         if table.migrations and self.settings.mitigate:
-            table, token = await self._roll_back(table, token)
+            table, token, settled = await self._settle(table, token)
         await self.actuator.released(table)
         observation = await self.source.observe(now)
         decision = self._decide(observation, table)
@@ -162,7 +177,7 @@ class ControlLoop:
                 written += await self._apply(observation, decision, table, token)
         if self.settings.mitigate:
             written += await self._keep_pool(decision.warm_pool_target)
-        self.last = TickResult(observation, decision, tuple(written))
+        self.last = TickResult(observation, decision, tuple(written), settled)
         return self.last
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -194,22 +209,36 @@ class ControlLoop:
             self.timeline.add(now, "calm", decision.reason, decision)
         self._hot_partitions = hot
 
-    async def _roll_back(self, table: RoutingTable, token: str) -> tuple[RoutingTable, str]:
-        """Undo a hand-over a previous tick left half-done, so the engine can plan again."""
+    async def _settle(
+        self, table: RoutingTable, token: str
+    ) -> tuple[RoutingTable, str, Settled | None]:
+        """Finish (phase commit) or roll back (phase prepare) a hand-over left half-done.
+
+        The new owners of a commit table already serve and the old ones answer "moved", so
+        going back would move the traffic twice; the new owners of a prepare table may never
+        have loaded it, so the old owners keep the routes. A table mixing both is rolled back.
+        Either is one compare-and-swap; if another writer wins, the tick plans on its table.
+        """
         from hotshard.routing.migration import rollback
 
-        undone = rollback(table)
+        outcome: Literal["finished", "rolled_back"]
+        if all(m.phase is MigrationPhase.COMMIT for m in table.migrations):
+            new, outcome = finish_handover(table), "finished"
+            kind: EntryKind = "final"
+            reason = (
+                f"v{new.version}: finished the hand-over of v{table.version}, whose new owners"
+                " already served"
+            )
+        else:
+            new, outcome, kind = rollback(table), "rolled_back", "hold"
+            reason = f"v{new.version}: rolled back the unfinished hand-over of v{table.version}"
         try:
-            token = await self._replace(undone, token)
+            token = await self._replace(new, token)
         except StaleTokenError:
-            return await self._read()
-        self.timeline.add(
-            time.time(),
-            "hold",
-            f"v{undone.version}: rolled back the unfinished hand-over of v{table.version}",
-            version=undone.version,
-        )
-        return undone, token
+            fresh, fresh_token = await self._read()
+            return fresh, fresh_token, None
+        self.timeline.add(time.time(), kind, reason, version=new.version)
+        return new, token, Settled(outcome, table, new)
 
     # -- acting ---------------------------------------------------------------------------
 
@@ -307,6 +336,14 @@ class ControlLoop:
             version=proposed.version,
         )
         return [proposed.version]
+
+
+def finish_handover(table: RoutingTable) -> RoutingTable:
+    """The final table of a hand-over in phase commit: the same routes, no migrations."""
+    data = table.model_dump()
+    data["version"] = table.version + 1
+    data["migrations"] = []
+    return RoutingTable.model_validate(data)
 
 
 def new_owners(table: RoutingTable) -> set[str]:
