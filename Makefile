@@ -39,6 +39,11 @@ unit: $(STAMP)
 integration: $(STAMP) system-deps
 	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
 
+## Strategies side by side on the local fleet, both scenarios, about 12 minutes; writes
+## bench/results/strategies.{json,md} and PNGs (docs/benchmarks.md). Niced: the box is shared.
+bench: $(STAMP) system-deps
+	nice -n 10 $(BIN)/python -m bench.strategies
+
 bench-dataplane: $(STAMP) system-deps
 	$(BIN)/python -m bench.dataplane
 
