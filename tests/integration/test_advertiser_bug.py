@@ -2,8 +2,9 @@
 
 The real thing, as in ``test_demo.py``: bidder processes under cgroup quotas, the router, the
 control loop, the load generators; one campaign's configuration turns pathological while its
-rate stays flat. Then the same scenario with containment off (mitigation and the bidders'
-resource guard) for comparison. About a minute and three quarters.
+rate stays flat, and another campaign's configuration changes go through a graduated rollout.
+Then the same scenario with containment off (mitigation and the bidders' resource guard) for
+comparison. About a minute and three quarters.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEMO_TIMEOUT_S = 300
 """Three times the quick scenario's ~100 s: a busy machine is slower, a hung one must end."""
 BAD = "Melania_Trump"
+GRADUAL = "Donald_Trump"
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +57,44 @@ def test_it_is_contained_and_rolled_back_to_the_last_good_version(
 ) -> None:
     assert summary["contained_by"], "nothing contained the bad campaign"
     assert summary["rolled_back"] is True
-    bad = summary["config_changes"][-1]
-    assert bad["campaign"] == BAD
+    changes = [(c["campaign"], c["rollout"]) for c in summary["config_changes"]]
+    assert changes == [
+        (GRADUAL, "graduated"),
+        (BAD, "immediate"),
+        (BAD, "immediate"),
+        (GRADUAL, "graduated"),
+    ]
+    good, bad = summary["config_changes"][1:3]
     assert bad["shards_told"] == 7
     assert "back to version 1" in bad["rollback_reason"]
-    good = summary["config_changes"][0]
     assert good["rolled_back"] is False
+
+
+def test_the_engine_moves_the_throttled_campaign_to_the_sandbox(summary: dict[str, Any]) -> None:
+    bad = summary["config_changes"][2]
+    # The bidder throttles it first, so it spends little; its refused demand is what the
+    # engine sees, by cost per request, and it quarantines the campaign on the sandbox tier.
+    assert "sandbox" in bad["contained_by"]
+    assert "sandbox" in summary["contained_by"]
+    assert bad["engine_detect_seconds"] is not None
+    assert bad["sandbox_seconds"] >= bad["engine_detect_seconds"]
+    moves = [e for e in summary["containment_events"] if e["kind"] == "sandbox"]
+    assert moves
+    assert moves[0]["campaign"] == BAD
+    assert "sandbox-0" in moves[0]["reason"]
+
+
+def test_a_graduated_change_widens_while_normal_and_a_bad_one_stops_at_its_canary(
+    summary: dict[str, Any],
+) -> None:
+    benign, bad = summary["config_changes"][0], summary["config_changes"][3]
+    assert benign["rolled_back"] is False
+    assert benign["widened_to"] is not None
+    assert benign["widened_to"] >= 0.4  # 5% -> 10% -> 20% -> 40% at least, stage by stage
+    assert bad["rolled_back"] is True
+    assert bad["rollback_share"] == 0.05  # caught while it served its 5% canary only
+    assert bad["widened_to"] is None
+    assert "back to version 1" in bad["rollback_reason"]
 
 
 def test_nothing_is_lost_and_every_campaign_has_a_cost(summary: dict[str, Any]) -> None:

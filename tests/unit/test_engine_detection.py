@@ -185,6 +185,25 @@ def test_campaign_that_carries_the_partition_is_the_hot_spot_and_is_quarantined(
     assert split == {(p, name): ("sandbox-0",)}
 
 
+def test_a_throttled_campaign_whose_refusals_are_retried_is_still_a_resource_hot_spot() -> None:
+    engine, table = quiet_engine(), fleet()
+    name = "greedy-campaign"
+    p = partition_of(name, V)
+    for t in range(30):
+        run(engine, table, t, flat())
+    # Callers retry its 429s: 4x the requests reach the shard (15 -> 60 rps, hot on rate too),
+    # each refused at a predicted 10 ms, 20x the 0.5 ms it cost: demanded CPU 0.6 core.
+    retried = flat() | {p: PartitionLoad(rate=60.0, cpu=0.6, memory=1e6, latency=0.01)}
+    campaigns = [CampaignLoad(name, p, rate=15.0, cpu=0.6)]
+    decision = run(engine, table, 30, retried, campaigns)
+    assert [(h.partition, h.campaign, h.signal) for h in decision.hot] == [
+        (p, name, "cpu_per_request")
+    ]
+    assert [(a.kind, a.target) for a in decision.actions if a.kind != "refill_pool"] == [
+        ("quarantine", ("sandbox-0",))
+    ]
+
+
 def test_a_quarantined_campaign_stays_in_the_sandbox_when_its_latency_there_is_high() -> None:
     engine, table = quiet_engine(), fleet()
     name = "greedy-campaign"

@@ -67,8 +67,10 @@ class Detector:
         self.last_hot = np.full(partitions, -np.inf)
         self.campaign_last_hot: dict[str, float] = {}
         c = config
+        # NB: CPU per request has no floor of its own (a CPU floor in cpu-s/s against a value in
+        # cpu-s/req would ask for 50 ms a request); the partition's CPU floor gates it in update.
         self._floors = np.array(
-            [c.floor_rps, c.floor_cpu, c.floor_cpu, c.floor_memory_bytes, c.floor_latency_seconds]
+            [c.floor_rps, c.floor_cpu, 0.0, c.floor_memory_bytes, c.floor_latency_seconds]
         )[:, None]
 
     def heat(self, now: float) -> FloatArray:
@@ -190,8 +192,10 @@ def find_hot_spots(
         v = detection.values[:, p]
         base = detection.baseline[:, p]
         ratios = v / np.maximum(base, 1e-12)
-        # A resource hot spot wins when the rate itself is not hot: it needs a sandbox, not room.
-        if hot[D_CPR] and not hot[D_RATE]:
+        # A resource hot spot wins when the cost per request grew more than the rate (or the
+        # rate is not hot at all): it needs a sandbox, not room. NB: the rate can be hot too
+        # with a flat offered load, when callers retry the requests a bidder refused for cost.
+        if hot[D_CPR] and (not hot[D_RATE] or ratios[D_CPR] >= ratios[D_RATE]):
             s = D_CPR
         else:
             s = int(np.argmax(np.where(hot, ratios, -np.inf)))

@@ -1,0 +1,98 @@
+"""The bidder's resource path in process: cost on every answer, refused demand, off-loop rules."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from hotshard.routing import RoutingTable, Shard
+from hotshard.routing.store import FileRoutingStore
+from hotshard_bidder.app import BidderApp
+from hotshard_bidder.serving import COST_HEADER, TableWatch
+from hotshard_bidder.settings import BidderSettings
+
+BAD_PATTERN = r"^(?:[\w:/.?=&-]|[a-z])*\s$"
+"""Backtracks exponentially on a long lowercase page URL: every request burns its time bound."""
+REQUEST = {
+    "id": "r1",
+    "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}],
+    "site": {"domain": "news.test", "page": "http://news.test/" + "abcdefghij" * 3},
+}
+
+
+def bidder(tmp_path: Path, tier: str) -> BidderApp:
+    path = tmp_path / "routing.json"
+    shard = Shard(name="s0", tier=tier, url="http://127.0.0.1:9")
+    FileRoutingStore(path).initialize(RoutingTable.even([shard], partitions=64))
+    settings = BidderSettings(shard="s0", routing_file=path)
+    return BidderApp(settings, TableWatch.open(path, 0.05))
+
+
+async def send(client: TestClient[Any, Any], campaign: str) -> tuple[int, dict[str, str]]:
+    headers = {"X-Hotshard-Campaign": campaign, "Content-Type": "application/json"}
+    resp = await client.post("/openrtb2/auction", data=orjson.dumps(REQUEST), headers=headers)
+    await resp.read()
+    return resp.status, dict(resp.headers)
+
+
+async def configure(client: TestClient[Any, Any], campaign: str, pattern: str) -> None:
+    body = {"rollout": "immediate", "rules": {"page_patterns": [pattern]}}
+    resp = await client.put(f"/campaigns/{campaign}/config", data=orjson.dumps(body))
+    assert resp.status == 200
+
+
+async def test_a_throttled_campaign_leaves_its_refused_demand_and_every_answer_a_cost(
+    tmp_path: Path,
+) -> None:
+    app = bidder(tmp_path, "base")
+    async with TestClient(TestServer(app.build())) as client:
+        await configure(client, "greedy", BAD_PATTERN)
+        answers = [await send(client, "greedy") for _ in range(12)]
+        stats = await (await client.get("/stats")).json()
+    statuses = [status for status, _ in answers]
+    assert all(COST_HEADER in headers for _, headers in answers)
+    assert 429 in statuses
+    refused = [h for s, h in answers if s == 429]
+    # Refused before running: a prediction, and next to no CPU spent on the refusal itself.
+    assert all(int(h["X-Hotshard-Cost-Estimate-Us"]) > 5000 for h in refused)
+    assert all(int(h[COST_HEADER]) < 5000 for h in refused)
+    (meter,) = stats["partitions"].values()
+    assert meter["refused_cpu_seconds"] > 0.005 * len(refused)
+    top = {c["campaign"]: c["cpu_seconds"] for c in stats["campaigns_top"]}
+    assert set(top) <= {"greedy"}
+
+
+async def test_on_the_sandbox_tier_an_anomalous_campaign_runs_in_the_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = bidder(tmp_path, "sandbox")
+    assert app.guard.sandboxed
+    assert app.guard.max_request == app.settings.guard_policy().tokens.sandbox_request_seconds
+    calls: list[str] = []
+    original = app.rules_worker.submit
+
+    def spy(fn: Any, *args: Any) -> Any:
+        calls.append(getattr(fn, "__name__", ""))
+        return original(fn, *args)
+
+    monkeypatch.setattr(app.rules_worker, "submit", spy)
+    async with TestClient(TestServer(app.build())) as client:
+        await configure(client, "greedy", BAD_PATTERN)
+        answers = []
+        for _ in range(4):
+            answers.append(await send(client, "greedy"))
+            await asyncio.sleep(0.2)  # 0.25 core x 0.2 s: the tokens cover the next one
+        costs = await (await client.get("/resources")).json()
+    greedy = costs["campaigns"]["greedy"]
+    assert greedy["profile"]["anomalous"] is True
+    # The first request runs on the loop and makes the campaign anomalous; the next ones run
+    # in the worker, and their 20-30 ms of rules are not refused on the sandbox tier.
+    assert calls == ["matches_off_loop"] * 3
+    assert [s for s, _ in answers] == [204] * 4
+    assert all(int(h[COST_HEADER]) > 1000 for _, h in answers)
+    assert costs["sandboxed"] is True
