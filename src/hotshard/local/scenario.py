@@ -113,10 +113,7 @@ class ConfigChange(_Strict):
 
 
 class CalendarEntry(_Strict):
-    """A known event, entered in the engine's calendar before the run starts.
-
-    Only hotshard's predictive strategy in ``make bench`` reads it (the demo runs without one):
-    the engine splits the event's campaigns ``calendar_lead_seconds`` before it begins."""
+    """A known event for the engine's calendar; only ``make bench``'s predictive pass reads it."""
 
     name: str = Field(min_length=1, description="The event's name, as decisions quote it.")
     offset_seconds: float = Field(
@@ -179,13 +176,12 @@ class Scenario(_Strict):
             raise ValueError("a scenario needs a `spike`, `config_changes`, or both")
         if self.spike is None and self.phases.during_seconds is None:
             raise ValueError("without a `spike`, `phases.during_seconds` says how long it lasts")
-        if self.spike is None:
-            for entry in self.calendar:
-                if not entry.campaigns or entry.expected_factor is None:
-                    raise ValueError(
-                        f"calendar entry {entry.name!r} needs `campaigns` and `expected_factor` "
-                        "in a scenario with no `spike` to take them from"
-                    )
+        for entry in self.calendar if self.spike is None else ():
+            if not entry.campaigns or entry.expected_factor is None:
+                raise ValueError(
+                    f"calendar entry {entry.name!r} needs `campaigns` and `expected_factor` "
+                    "in a scenario with no `spike` to take them from"
+                )
         return self
 
     def quickened(self) -> Scenario:
