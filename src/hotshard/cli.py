@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "loadgen": ("hotshard_bidder.loadgen", "send open-loop OpenRTB load and report latency"),
     "demo": ("hotshard.local.demo", "run the whole loop on this machine (local mode)"),
     "operator": ("hotshard_operator.cli", "run the PartitionMap operator on Kubernetes (kopf)"),
+    "simulate": ("hotshard.sim.cli", "model a 10M-rps fleet: hotshard against other strategies"),
 }
 
 
