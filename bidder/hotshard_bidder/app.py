@@ -46,7 +46,7 @@ from hotshard_bidder.serving import (
     read_body,
 )
 from hotshard_bidder.settings import BidderSettings
-from hotshard_bidder.targeting import CampaignConfig
+from hotshard_bidder.targeting import OFF_LOOP_EVAL_SECONDS, CampaignConfig
 
 log = logging.getLogger(__name__)
 
@@ -281,13 +281,17 @@ class BidderApp:
             )
         bids = []
         worker_cpu = 0.0
-        if self.guard.off_loop(res):
+        rules = res.rules
+        timeouts = rules.timeouts if rules is not None else 0
+        if rules is not None and self.guard.off_loop(res):
             matched, worker_cpu = await self._match_off_loop(res, view.doc)
-            rules_cpu = worker_cpu
+            rules_cpu, bound = worker_cpu, OFF_LOOP_EVAL_SECONDS
             now = time.time()
         else:
-            matched = res.rules is None or res.rules.matches(view.doc)
+            matched = rules is None or rules.matches(view.doc)
             rules_cpu = time.thread_time() - cpu_start if res.profiling else 0.0
+            bound = rules.max_eval_seconds if rules is not None else 0.0
+        ran_out = rules is not None and rules.timeouts > timeouts
         if matched:
             state = self.book.state(campaign, partition, snapshot)
             shared = scoring.request_features(view)
@@ -298,7 +302,7 @@ class BidderApp:
                     bids.append(Bid(imp.id, price, media))
         response_body = build_response(view.id, campaign, self.shard, bids) if bids else b""
         cpu = time.thread_time() - cpu_start + worker_cpu
-        self.guard.settle(res, cpu, rules_cpu, now)
+        self.guard.settle(res, cpu, rules_cpu, now, ran_out=bound if ran_out else 0.0)
         outcome = "bid" if bids else "nobid"
         self.metrics.record(label, outcome, cpu, time.perf_counter() - started, campaign)
         headers = self._headers(snapshot.version, cpu)

@@ -219,14 +219,25 @@ class ResourceGuard:
             return str(max(1, round(res.breaker.retry_in(now) + 0.5)))
         return res.bucket.retry_after_header(res.predicted)
 
-    def settle(self, res: CampaignResources, cost: float, rules: float, now: float) -> None:
-        """Charge a finished request's measured ``cost`` (``rules``: CPU of its rules, if timed)."""
+    def settle(
+        self, res: CampaignResources, cost: float, rules: float, now: float, ran_out: float = 0.0
+    ) -> None:
+        """Charge a finished request's measured ``cost`` (``rules``: CPU of its rules, if timed).
+
+        ``ran_out`` is the time bound its rules ran out of, if they did. Such a request asked
+        for at least that much: under a tight cgroup quota its thread got only a share of the
+        bound as CPU, but on a free core it would have burnt all of it. So its fingerprint and
+        the campaign's cost average learn ``max(cost, ran_out)``, and a refused request of its
+        shape is predicted (and counted as refused demand) at what it asks for, not at what a
+        throttled thread managed to spend. The tokens and the breaker charge what was spent.
+        """
         res.requests += 1
         res.cpu_seconds += cost
+        asked = max(cost, ran_out)
         if res.profiling:
-            self.profiler.costs.learn(res.key, cost)
+            self.profiler.costs.learn(res.key, asked)
             self.profiler.record_sample(res.profile, cost, rules, res.shape)
-        if self.profiler.observe(res.profile, cost, now):
+        if self.profiler.observe(res.profile, asked, now):
             self.note(
                 now,
                 "anomaly",

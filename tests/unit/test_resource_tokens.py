@@ -85,3 +85,17 @@ def test_a_disabled_guard_measures_but_never_refuses() -> None:
     assert res.requests == 50
     assert res.cpu_seconds == pytest.approx(1.0)
     assert res.throttled == 0
+
+
+def test_a_request_whose_rules_ran_out_of_time_is_predicted_at_its_bound() -> None:
+    # Under a tight quota a 20 ms evaluation gets only ~4 ms of CPU; it asked for all 20 ms.
+    guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: 0.0)
+    view = check_request({"id": "r", "imp": [{"id": "1"}], "site": {"page": "http://a.test/"}})
+    res = guard.entry("c1", 0.0)
+    assert guard.admit(res, view, 0.0) is None
+    guard.settle(res, 0.004, 0.004, 0.0, ran_out=0.02)
+    assert res.cpu_seconds == pytest.approx(0.004)  # what was spent is what is charged
+    assert res.bucket.tokens == pytest.approx(0.026)
+    assert guard.admit(res, view, 0.0) == THROTTLED
+    assert res.predicted == pytest.approx(0.02)
+    assert guard.demanded(res) == pytest.approx(0.02)
