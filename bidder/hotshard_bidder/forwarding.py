@@ -14,6 +14,9 @@ each ask is a ``getpid`` system call, on every request.) Answers the router reac
   pass the 429 on. A 429 that carries ``X-Hotshard-Cost-Estimate-Us`` is the shard refusing
   *this campaign's* request for its CPU budget (issue #7), not a busy shard: a retry would
   only be refused again and burn the budget check twice, so it is passed on at once.
+- Before each attempt the shard's allowance (:mod:`hotshard_bidder.fair_shedding`) may shed
+  the request with 429 (outcome ``shed``) when the shard is overrun and this request's
+  campaign is the one overrunning it.
 - A connection failure or a timeout counts against the shard's circuit breaker; an open breaker
   answers 503 at once instead of waiting on a shard that is down.
 """
@@ -28,7 +31,9 @@ import orjson
 
 from hotshard.routing.keys import CAMPAIGN_HEADER
 from hotshard.routing.store import SnapshotHolder
+from hotshard_bidder.admission import RETRY_AFTER_S
 from hotshard_bidder.breaker import CircuitBreaker
+from hotshard_bidder.fair_shedding import ShardAllowance
 from hotshard_bidder.router_metrics import NO_SHARD, RouterMetrics
 from hotshard_bidder.serving import (
     COST_HEADER,
@@ -113,6 +118,7 @@ class Forwarder:
         *,
         breaker_failures: int,
         breaker_cooloff: float,
+        allowance: ShardAllowance | None = None,
     ) -> None:
         self.holder = holder
         self.watcher = watcher
@@ -121,6 +127,7 @@ class Forwarder:
         self.breaker_failures = breaker_failures
         self.breaker_cooloff = breaker_cooloff
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.allowance = allowance if allowance is not None and allowance.enabled else None
         self.loop = asyncio.get_running_loop()
 
     def breaker(self, shard: str) -> CircuitBreaker:
@@ -179,6 +186,18 @@ class Forwarder:
         while True:
             shard = snapshot.route(partition, campaign, secondary)
             trace.shard, trace.version = shard, snapshot.version
+            # NB: before the breaker, whose half-open probe must not be spent on a shed request.
+            allowance = self.allowance
+            if allowance is not None and not allowance.admit(shard, campaign, loop.time()):
+                limit = allowance.inflight_limit
+                answer = error_answer(
+                    429,
+                    f"shard {shard} has over {limit} requests in flight and campaign "
+                    f"{campaign!r} sent the largest share of them; it is shed until it is split",
+                    **{"Retry-After": str(RETRY_AFTER_S)},
+                )
+                answer.label = "shed"
+                return answer
             breaker = self.breaker(shard)
             if not breaker.allow():
                 retry_after = max(1, round(breaker.retry_in()))
@@ -195,6 +214,8 @@ class Forwarder:
                 DEADLINE_HEADER: str(deadline_ms),
             }
             trace.waiting = True
+            if allowance is not None:
+                allowance.sent(shard)
             try:
                 pool = self.clients.pool(shard, snapshot.urls[shard])
                 got = await pool.post(AUCTION_PATH, headers, body)
@@ -206,6 +227,9 @@ class Forwarder:
                 return error_answer(
                     502, f"shard {shard} failed: {type(exc).__name__}: {exc}", shard
                 )
+            finally:
+                if allowance is not None:
+                    allowance.answered(shard)
             trace.waiting = False
             breaker.record_success()
             status = got.status

@@ -27,9 +27,11 @@ from typing import Any
 
 import orjson
 from prometheus_client import disable_created_metrics
+from pydantic import ValidationError
 
 from hotshard.routing import RoutingSnapshot
 from hotshard_bidder.admission import RETRY_AFTER_S, Admission
+from hotshard_bidder.fair_shedding import ShardAllowanceSettings
 from hotshard_bidder.forwarding import Answer, Forwarder, error_answer
 from hotshard_bidder.router_metrics import RouterMetrics
 from hotshard_bidder.router_server import Handler, Request, Response, RouterServer
@@ -45,6 +47,7 @@ from hotshard_bidder.settings import (
     COMMON_FIELDS,
     RouterSettings,
     add_common_flags,
+    settings_from_args,
 )
 from hotshard_bidder.shard_client import ShardClients
 from hotshard_bidder.shedding import HotKeyShedder
@@ -64,7 +67,12 @@ class RouterApp:
     Build it inside the running event loop: it and its forwarder keep that loop.
     """
 
-    def __init__(self, settings: RouterSettings, watch: TableWatch) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        watch: TableWatch,
+        allowance: ShardAllowanceSettings | None = None,
+    ) -> None:
         self.settings = settings
         self.watch = watch
         self.extractor = settings.key_extractor()
@@ -80,6 +88,7 @@ class RouterApp:
             self.metrics,
             breaker_failures=settings.breaker_failures,
             breaker_cooloff=settings.breaker_cooloff,
+            allowance=(allowance or ShardAllowanceSettings()).build(),
         )
         self.admission = Admission(settings.max_inflight)
         self.shedder = HotKeyShedder(settings.hot_key_limit_rps, self.metrics.hot)
@@ -245,6 +254,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="req/s one campaign may send per shard serving it before its excess is shed "
         "(default 0: off)",
     )
+    parser.add_argument(
+        "--shard-inflight-limit",
+        type=int,
+        help="requests in flight to one shard beyond which the campaign with the largest share "
+        "of its recent requests is shed (default 4; 0: off)",
+    )
+    parser.add_argument(
+        "--shard-shed-share",
+        type=float,
+        help="share of a shard's recent requests a campaign must hold to be shed there "
+        "(default 0.5)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -263,12 +284,19 @@ def main(args: argparse.Namespace) -> int:
     if opened is None:
         return 2
     settings, watch = opened
+    try:
+        allowance = settings_from_args(
+            ShardAllowanceSettings, args, ("shard_inflight_limit", "shard_shed_share")
+        )
+    except ValidationError as exc:
+        log.error("invalid router settings (flags or HOTSHARD_ROUTER_* env):\n%s", exc)
+        return 2
     install_uvloop()
     # NB: *_created series double the exposition and nobody queries them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
 
     async def run() -> None:
-        router = RouterApp(settings, watch)
+        router = RouterApp(settings, watch, allowance)
         roll = router.metrics.hot.roll
         await serve_router(router, [watch.watcher.run, lambda: tick(HOT_ROLL_INTERVAL_S, roll)])
 

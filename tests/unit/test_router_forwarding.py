@@ -10,6 +10,7 @@ import pytest
 from hotshard.routing import RoutingSnapshot
 from hotshard.routing.store import SnapshotHolder
 from hotshard.routing.table import RoutingTable, Shard
+from hotshard_bidder.fair_shedding import ShardAllowance
 from hotshard_bidder.forwarding import ESTIMATE_HEADER, Forwarder
 from hotshard_bidder.router_metrics import RouterMetrics
 from hotshard_bidder.router_server import Request, Response, RouterServer
@@ -50,13 +51,21 @@ async def shard() -> AsyncIterator[tuple[ScriptedShard, int]]:
     await server.shutdown(1.0)
 
 
-def forwarder_to(port: int) -> tuple[Forwarder, RouterMetrics]:
+def forwarder_to(
+    port: int, allowance: ShardAllowance | None = None
+) -> tuple[Forwarder, RouterMetrics]:
     table = RoutingTable.even((Shard(name="s0", url=f"http://127.0.0.1:{port}"),))
     holder = SnapshotHolder(RoutingSnapshot(table))
     metrics = RouterMetrics(5, holder.current.partition)
     clients = ShardClients(4, 30.0)
     forwarder = Forwarder(
-        holder, StillTable(), clients, metrics, breaker_failures=5, breaker_cooloff=1.0
+        holder,
+        StillTable(),
+        clients,
+        metrics,
+        breaker_failures=5,
+        breaker_cooloff=1.0,
+        allowance=allowance,
     )
     return forwarder, metrics
 
@@ -123,12 +132,30 @@ async def test_a_shard_slower_than_the_deadline_gets_504_and_a_breaker_failure()
 
     server = RouterServer({("POST", "/openrtb2/auction"): stall}, 65536)
     port = await server.start("127.0.0.1", 0)
-    forwarder, _ = forwarder_to(port)
+    allowance = ShardAllowance(inflight_limit=4, shed_share=0.5)
+    forwarder, _ = forwarder_to(port, allowance)
     status, headers, _ = await forward(forwarder, budget_s=0.03)
     assert (status, headers["X-Hotshard-Shard"]) == (504, "s0")
     assert forwarder.breakers["s0"].consecutive == 1
+    assert allowance.inflight("s0") == 0  # the abandoned attempt left the shard's count
     task = asyncio.current_task()
     assert task is not None
     assert task.cancelling() == 0  # the deadline's cancellation was ours and is taken back
     forwarder.clients.close()
     await server.shutdown(1.0)
+
+
+async def test_an_overrun_shard_sheds_the_dominant_campaign_without_sending_it(
+    shard: tuple[ScriptedShard, int],
+) -> None:
+    scripted, port = shard
+    allowance = ShardAllowance(inflight_limit=1, shed_share=0.5)
+    forwarder, _ = forwarder_to(port, allowance)
+    await forward(forwarder)
+    await forward(forwarder)  # camp-1 now holds every recent request of s0
+    allowance.sent("s0")  # something else holds the shard's one slot
+    status, headers, _ = await forward(forwarder)
+    assert (status, headers["Retry-After"]) == (429, "1")
+    assert len(scripted.seen) == 2
+    assert allowance.shed == 1
+    forwarder.clients.close()
