@@ -282,12 +282,14 @@ def build_children(
     uid: str,
     spec: PartitionMapSpec,
     overflow_replicas: int | None = None,
+    base_replicas: int | None = None,
 ) -> list[Manifest]:
     """Every child of the fleet, in the order they should be applied.
 
     The bidders' ServiceAccount and Role come first, so their pods start with a token that may
     read the routing ConfigMap. ``overflow_replicas`` is what the overflow tier runs now (the
     actuator owns that number once the fleet exists); when ``None`` it starts at the warm pool.
+    ``base_replicas`` likewise keeps base pods a scale-down has not drained yet.
     """
     out: list[Manifest] = build_bidder_access(pmap, namespace, uid, spec)
     for tier in TIERS:
@@ -295,5 +297,7 @@ def build_children(
         replicas = tier_replicas(spec, tier)
         if tier == "overflow" and overflow_replicas is not None:
             replicas = overflow_replicas
+        if tier == "base" and base_replicas is not None:
+            replicas = base_replicas
         out.append(build_stateful_set(pmap, namespace, uid, spec, tier, replicas))
     return out

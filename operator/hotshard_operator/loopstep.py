@@ -34,6 +34,7 @@ from hotshard.routing.configmap_store import ConfigMapRoutingStore
 from hotshard.routing.store import RoutingStore
 from hotshard.routing.table import RoutingSnapshot
 from hotshard_operator.actuator import KubernetesActuator, VersionReader
+from hotshard_operator.basetier import BaseTierScaler
 from hotshard_operator.engine_config import to_engine_config
 from hotshard_operator.reconcile import Action, Cluster, FleetRef, StepResult, Transition
 from hotshard_operator.resources import PartitionMapSpec
@@ -168,6 +169,15 @@ class LoopStep:
         )
         engine = Engine(to_engine_config(spec))
         self.loop = ControlLoop(engine, self.gate, store, self.actuator, settings)
+        self.base = BaseTierScaler(
+            ref,
+            spec,
+            cluster,
+            store,
+            versions,
+            prepare_timeout_s=PREPARE_TIMEOUT_S,
+            clock=lambda: self.actuator.clock(),
+        )
 
     async def _read(self) -> tuple[RoutingTable, str]:
         return await asyncio.to_thread(self.store.read)
@@ -207,6 +217,14 @@ class LoopStep:
         written = ([settled.written.version] if settled else []) + [
             e.version for e in entries if e.version is not None
         ]
+        if not written:  # NB: one hand-over a tick: the base tier waits for a calm one
+            scaled = await self.base.step()
+            events += scaled.events
+            written += scaled.written
+            if scaled.action != "none":
+                action, reason = scaled.action, scaled.reason
+        else:
+            scaled = None
         table, _ = await self._read()
         return StepResult(
             action=action,
@@ -215,8 +233,8 @@ class LoopStep:
             table=table,
             written=tuple(written),
             events=tuple(events),
-            pending=self.actuator.pending,
-            draining=len(self.actuator.draining),
+            pending=self.actuator.pending + (scaled.pending if scaled else 0),
+            draining=len(self.actuator.draining) + (scaled.draining if scaled else 0),
         )
 
     async def aclose(self) -> None:

@@ -45,7 +45,14 @@ from hotshard_operator.status import (
 log = logging.getLogger(__name__)
 
 Action = Literal["none", "split", "move", "quarantine", "merge", "scaleDown", "hold"]
-EventReason = Literal["SplitStarted", "SplitCommitted", "SplitRolledBack", "ScaledDown"]
+EventReason = Literal[
+    "SplitStarted",
+    "SplitCommitted",
+    "SplitRolledBack",
+    "ScaledDown",
+    "BaseRebalanceStarted",
+    "BaseRebalanced",
+]
 
 
 @dataclass(frozen=True)
@@ -112,9 +119,9 @@ class StepResult:
     """Routing versions this step wrote to the ConfigMap, in order."""
     events: tuple[Transition, ...] = ()
     pending: int = 0
-    """Overflow pods asked for and not ready yet."""
+    """Pods asked for and not ready yet (the warm pool's refill, or a base scale-up)."""
     draining: int = 0
-    """Overflow pods out of the routing table, waiting to be removed."""
+    """Pods out of the routing table, waiting to be removed from the top of their tier."""
 
 
 class ControlStep(Protocol):
@@ -192,6 +199,17 @@ def overflow_replicas(spec: PartitionMapSpec, table: RoutingTable, current: int 
     return max(floor, min(wanted, spec.tiers.overflow.maximum))
 
 
+def base_replicas(spec: PartitionMapSpec, table: RoutingTable, current: int | None) -> int:
+    """Base pods to keep on (re)apply: the spec's count, and every pod that may still serve.
+
+    A scale-up applies at once (new pods must run before partitions move to them); a scale-down
+    keeps every base shard the table lists and every pod that runs now: the base-tier scaler
+    moves their partitions away first and shrinks the StatefulSet once they have drained.
+    """
+    listed = [shard_ordinal(s.name) for s in table.shards if s.tier == "base"]
+    return max(spec.tiers.base.replicas, max(listed, default=-1) + 1, current or 0)
+
+
 async def ensure_fleet(
     ref: FleetRef,
     spec: PartitionMapSpec,
@@ -210,7 +228,8 @@ async def ensure_fleet(
         reason = f"adopted routing table version {table.version} from the ConfigMap"
     current = (await cluster.tier_status(ref, "overflow")).replicas
     replicas = overflow_replicas(spec, table, current)
-    for manifest in build_children(ref.name, ref.namespace, ref.uid, spec, replicas):
+    base = base_replicas(spec, table, (await cluster.tier_status(ref, "base")).replicas)
+    for manifest in build_children(ref.name, ref.namespace, ref.uid, spec, replicas, base):
         await cluster.apply(manifest)
     conditions = set_condition(
         status.conditions, "Ready", "True", "RoutingPublished", reason, ref.generation
@@ -256,9 +275,9 @@ def _progress(result: StepResult) -> tuple[bool, str, str]:
     if table is not None and table.migrations:
         return True, "MigrationInFlight", f"{len(table.migrations)} migration(s) in the table"
     if result.pending:
-        return True, "WarmingShards", f"{result.pending} overflow shard(s) starting"
+        return True, "WarmingShards", f"{result.pending} shard(s) starting"
     if result.draining:
-        return True, "DrainingShards", f"{result.draining} overflow shard(s) draining"
+        return True, "DrainingShards", f"{result.draining} shard(s) draining"
     return False, "Idle", "nothing is moving"
 
 

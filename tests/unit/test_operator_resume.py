@@ -62,7 +62,7 @@ async def test_a_restart_in_phase_commit_finishes_the_split() -> None:
     # The finished split used a warm shard; a new one is starting to refill the pool.
     assert (progressing.reason, progressing.message) == (
         "WarmingShards",
-        "1 overflow shard(s) starting",
+        "1 shard(s) starting",
     )
     assert rig.cluster.scaled[-1] == ("overflow", 3)
 
