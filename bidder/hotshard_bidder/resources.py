@@ -142,6 +142,19 @@ class ResourceGuard:
         )
 
     @staticmethod
+    def current_cost(res: CampaignResources) -> float:
+        """What a request of the campaign costs now, for one of a shape not seen yet.
+
+        The campaign's fast average still carries its normal past (one 20 ms request moves it
+        to ~6 ms); the recent cost of the version evaluating the request, when a rollout is
+        watching that version, is what the change made it cost.
+        """
+        rollout = res.rollout
+        if rollout is not None and res.version == rollout.current and rollout.new.requests:
+            return max(res.profile.fast, rollout.new.recent)
+        return res.profile.fast
+
+    @staticmethod
     def demanded(res: CampaignResources) -> float:
         """What a refused request asked for: its prediction, else the campaign's recent cost."""
         return res.predicted or res.profile.fast
@@ -178,7 +191,7 @@ class ResourceGuard:
             # NB: a shape never seen under an anomalous campaign is predicted at the campaign's
             # current cost, so a bad version does not run once per request shape to be learnt.
             known = self.profiler.costs.predict(res.key)
-            res.predicted = known or (res.profile.fast if res.profile.anomalous else 0.0)
+            res.predicted = known or (self.current_cost(res) if res.profile.anomalous else 0.0)
             res.profiling = True
         if not self.policy.enabled:
             return None

@@ -99,3 +99,23 @@ def test_a_request_whose_rules_ran_out_of_time_is_predicted_at_its_bound() -> No
     assert guard.admit(res, view, 0.0) == THROTTLED
     assert res.predicted == pytest.approx(0.02)
     assert guard.demanded(res) == pytest.approx(0.02)
+
+
+def test_an_unseen_shape_of_an_anomalous_campaign_is_predicted_at_its_version_cost() -> None:
+    from hotshard_bidder.targeting import CampaignConfig
+
+    guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: 0.0)
+    res = guard.entry("c1", 0.0)
+    view = check_request({"id": "r", "imp": [{"id": "1"}], "site": {"page": "http://a.test/"}})
+    for _ in range(30):  # normal: 300 µs a request
+        assert guard.admit(res, view, 0.0) is None
+        guard.settle(res, 300e-6, 0.0, 0.0)
+        res.bucket.tokens = res.bucket.burst
+    guard.configure("c1", CampaignConfig(rollout="immediate"))
+    assert guard.admit(res, view, 0.0) is None
+    guard.settle(res, 0.02, 0.0, 0.0)  # the new version's first request: 20 ms
+    assert res.profile.anomalous
+    assert res.profile.fast == pytest.approx(0.3 * 0.02 + 0.7 * 300e-6)
+    other = check_request({"id": "r", "imp": [{"id": "1"}, {"id": "2"}], "app": {"bundle": "x"}})
+    assert guard.admit(res, other, 0.0) == THROTTLED
+    assert res.predicted == pytest.approx(0.02)  # the version's cost, not the 6 ms average
