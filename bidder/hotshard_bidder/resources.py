@@ -145,13 +145,16 @@ class ResourceGuard:
     def current_cost(res: CampaignResources) -> float:
         """What a request of the campaign costs now, for one of a shape not seen yet.
 
-        The campaign's fast average still carries its normal past (one 20 ms request moves it
-        to ~6 ms); the recent cost of the version evaluating the request, when a rollout is
-        watching that version, is what the change made it cost.
+        When a rollout is watching, the recent cost of the version evaluating the request: the
+        campaign's fast average mixes versions (a bad 5% canary makes it anomalous while the
+        other 95% stay cheap) and still carries its normal past (one 20 ms request moves it to
+        ~6 ms). Else the fast average.
         """
         rollout = res.rollout
-        if rollout is not None and res.version == rollout.current and rollout.new.requests:
-            return max(res.profile.fast, rollout.new.recent)
+        if rollout is not None:
+            tally = rollout.new if res.version == rollout.current else rollout.old
+            if tally.requests:
+                return tally.recent
         return res.profile.fast
 
     @staticmethod

@@ -119,3 +119,29 @@ def test_an_unseen_shape_of_an_anomalous_campaign_is_predicted_at_its_version_co
     other = check_request({"id": "r", "imp": [{"id": "1"}, {"id": "2"}], "app": {"bundle": "x"}})
     assert guard.admit(res, other, 0.0) == THROTTLED
     assert res.predicted == pytest.approx(0.02)  # the version's cost, not the 6 ms average
+
+
+def test_a_bad_canary_does_not_get_the_old_version_refused() -> None:
+    from hotshard_bidder.targeting import CampaignConfig
+
+    guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: 0.0)
+    res = guard.entry("c1", 0.0)
+    view = check_request({"id": "r", "imp": [{"id": "1"}], "site": {"page": "http://a.test/"}})
+    for _ in range(30):
+        assert guard.admit(res, view, 0.0) is None
+        guard.settle(res, 300e-6, 0.0, 0.0)
+    guard.configure("c1", CampaignConfig(rollout="graduated"))
+    assert res.rollout is not None
+    shapes = [view, check_request({"id": "r", "imp": [{"id": "1"}], "app": {"bundle": "b"}})]
+    refused = {0: 0, 1: 0}  # version 0 is the last good one here, 1 the new one
+    for i in range(400):
+        res.bucket.tokens = res.bucket.burst
+        if guard.admit(res, shapes[i % 2], 0.0) is None:
+            guard.settle(res, 0.02 if res.version == 1 else 300e-6, 0.0, 0.0)
+        else:
+            refused[res.version] += 1
+    # The 5% canary at 20 ms makes the campaign anomalous (each time its cost pulls the average).
+    assert "anomaly" in [e["kind"] for e in guard.events]
+    # Its last good version's requests still run, a shape never seen included: they are
+    # predicted at that version's cost, not at the campaign's average inflated by the canary.
+    assert refused[0] == 0
