@@ -28,7 +28,7 @@ from hotshard.control.loop import ControlLoop, LoopSettings, Settled
 from hotshard.control.prometheus import PrometheusSource
 from hotshard.control.timeline import Entry
 from hotshard.engine import Engine
-from hotshard.engine.model import Decision, HotSpot
+from hotshard.engine.model import CampaignLoad, Decision, HotSpot
 from hotshard.routing import RoutingTable
 from hotshard.routing.configmap_store import ConfigMapRoutingStore
 from hotshard.routing.store import RoutingStore
@@ -39,12 +39,14 @@ from hotshard_operator.engine_config import to_engine_config
 from hotshard_operator.reconcile import Action, Cluster, FleetRef, StepResult, Transition
 from hotshard_operator.resources import PartitionMapSpec
 from hotshard_operator.signals import (
+    ContainmentReader,
     FreshnessGate,
     ObservingSource,
+    PrometheusContainment,
     PrometheusVersions,
     shard_scope,
 )
-from hotshard_operator.status import HotPartition
+from hotshard_operator.status import CampaignCost, HotPartition
 
 PREPARE_TIMEOUT_S = 3.0
 """Longest wait for new owners to run the prepare table: a watch delivers the ConfigMap in
@@ -87,6 +89,31 @@ def settle_event(settled: Settled) -> Transition:
         f" the old owners serve again: {what}",
         warning=True,
     )
+
+
+CAMPAIGN_COSTS_K = 10
+"""Campaigns in ``status.campaignCosts``: each bidder exports its top 10, and people read it."""
+
+
+def campaign_costs(
+    campaigns: Sequence[CampaignLoad], cost_per_core_hour: float, k: int = CAMPAIGN_COSTS_K
+) -> list[CampaignCost]:
+    """The ``k`` campaigns with the highest CPU demand, costliest first, priced per hour."""
+    cpu: dict[str, CampaignLoad] = {}
+    for load in campaigns:
+        have = cpu.get(load.campaign)
+        if load.cpu > 0 and math.isfinite(load.cpu) and (have is None or load.cpu > have.cpu):
+            cpu[load.campaign] = load
+    top = sorted(cpu.values(), key=lambda c: (-c.cpu, c.campaign))[:k]
+    return [
+        CampaignCost(
+            campaign=c.campaign[:256],
+            partition=c.partition,
+            cpu_cores=round(c.cpu, 6),
+            cost_per_hour=round(c.cpu * cost_per_core_hour, 6),
+        )
+        for c in top
+    ]
 
 
 def hot_partitions(hot: Sequence[HotSpot], table: RoutingTable) -> list[HotPartition]:
@@ -156,6 +183,7 @@ class LoopStep:
         *,
         clock: Callable[[], float] = time.time,
         actuator: KubernetesActuator | None = None,
+        containment: ContainmentReader | None = None,
     ) -> None:
         self.ref = ref
         self.store = store
@@ -167,7 +195,11 @@ class LoopStep:
             prepare_timeout_s=PREPARE_TIMEOUT_S,
             stale_after_s=spec.metrics.stale_after,
         )
-        engine = Engine(to_engine_config(spec))
+        config = to_engine_config(spec)
+        self.containment = containment
+        # NB: a campaign using a whole bidder's CPU limit costs one shard-hour an hour.
+        self.core_hour_cost = spec.budget.shard_hour_cost / config.planning.shard_capacity_cpu
+        engine = Engine(config)
         self.loop = ControlLoop(engine, self.gate, store, self.actuator, settings)
         self.base = BaseTierScaler(
             ref,
@@ -194,7 +226,7 @@ class LoopStep:
 
     async def step(self) -> StepResult:
         now = self.clock()
-        await self.gate.check(now)
+        observation = await self.gate.check(now)
         mark = len(self.loop.timeline)
         tick = await self.loop.tick(now)
         settled = tick.settled
@@ -226,6 +258,7 @@ class LoopStep:
         else:
             scaled = None
         table, _ = await self._read()
+        contained = await self.containment.containment() if self.containment else None
         return StepResult(
             action=action,
             reason=reason,
@@ -235,6 +268,8 @@ class LoopStep:
             events=tuple(events),
             pending=self.actuator.pending + (scaled.pending if scaled else 0),
             draining=len(self.actuator.draining) + (scaled.draining if scaled else 0),
+            campaign_costs=campaign_costs(observation.campaigns, self.core_hour_cost),
+            containment=contained,
         )
 
     async def aclose(self) -> None:
@@ -247,4 +282,5 @@ def build_loop_step(
     """The production step: Prometheus scoped to this map's shards, versions from Prometheus."""
     scope = shard_scope(ref.name)
     source = PrometheusSource(spec.metrics.prometheus_url, scope=scope)
-    return LoopStep(ref, spec, cluster, store, source, PrometheusVersions(source, scope))
+    versions, containment = PrometheusVersions(source, scope), PrometheusContainment(source, scope)
+    return LoopStep(ref, spec, cluster, store, source, versions, containment=containment)

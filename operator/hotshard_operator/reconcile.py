@@ -34,6 +34,8 @@ from hotshard_operator.children import (
 )
 from hotshard_operator.resources import PartitionMapSpec, SpecError
 from hotshard_operator.status import (
+    CampaignCost,
+    Containment,
     Decision,
     HotPartition,
     PartitionMapStatus,
@@ -122,6 +124,10 @@ class StepResult:
     """Pods asked for and not ready yet (the warm pool's refill, or a base scale-up)."""
     draining: int = 0
     """Pods out of the routing table, waiting to be removed from the top of their tier."""
+    campaign_costs: list[CampaignCost] = field(default_factory=list)
+    """The costliest campaigns by CPU this tick."""
+    containment: Containment | None = None
+    """Throttled/tripped requests and open breakers (None: unknown, keep what status says)."""
 
 
 class ControlStep(Protocol):
@@ -326,6 +332,9 @@ async def run_tick(
     conditions = set_condition(
         conditions, "Progressing", "True" if moving else "False", why, message, ref.generation
     )
+    containment = result.containment or status.containment
+    quarantines = status.containment.quarantines + (result.action == "quarantine")
+    containment = containment.model_copy(update={"quarantines": quarantines})
     decision = Decision(
         action=result.action,
         reason=result.reason[:1024],
@@ -340,6 +349,8 @@ async def run_tick(
             "hot_partition_count": len(result.hot),
             "last_decision": decision if result.action != "none" else status.last_decision,
             "cost_so_far": round(cost, 6),
+            "campaign_costs": result.campaign_costs,
+            "containment": containment,
             "conditions": conditions,
         }
     )

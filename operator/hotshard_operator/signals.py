@@ -15,6 +15,8 @@ Two things are added here for the operator:
 * :class:`PrometheusVersions` reads ``hotshard_bidder_routing_version`` per shard, which the
   control loop waits on between the prepare and commit tables, and the actuator uses to tell
   a running pod from one still starting.
+* :class:`PrometheusContainment` reads what the fleet did to costly campaigns for status: the
+  bidders' throttled and tripped request counters and the routers' open breakers.
 
 NB: the queries run on kopf's event loop through aiohttp (natively async, a timeout per query)
 rather than prometheus-api-client, which is synchronous and would need a worker thread per
@@ -33,6 +35,7 @@ from hotshard.control.prometheus import PrometheusSource, QueryError, matchers, 
 from hotshard.engine.model import Observation
 from hotshard_operator.children import TIERS
 from hotshard_operator.reconcile import MetricsUnavailableError
+from hotshard_operator.status import Containment
 
 VERSION_QUERY_GAP_S = 0.5
 """At most two version queries a second: Prometheus scrapes each second, so more see nothing
@@ -116,3 +119,39 @@ class PrometheusVersions:
         except QueryError:
             return {}  # NB: no answer is "not there yet"; the loop's own timeout bounds the wait
         return {shard: int(v) for shard, v in vector_by(result, "shard").items() if v >= 1}
+
+
+class ContainmentReader(Protocol):
+    async def containment(self) -> Containment | None: ...
+
+
+class PrometheusContainment:
+    """:class:`ContainmentReader` over a PrometheusSource's client, scoped to one map's shards.
+
+    Two instant queries a tick. Quarantines are not read here: the operator counts the ones it
+    commits. TODO(#7): the bidders' automatic rollbacks of a campaign's configuration are only
+    in their ``/stats``, not exported to Prometheus, so status cannot count them yet.
+    """
+
+    def __init__(self, source: PrometheusSource, scope: str) -> None:
+        self.source = source
+        self.scope = scope
+
+    async def containment(self) -> Containment | None:
+        refused = matchers(self.scope, 'outcome=~"throttled|tripped"')
+        try:
+            outcomes: Any = await self.source.query(
+                f"sum by (outcome) (hotshard_bidder_requests{refused})"
+            )
+            breakers: Any = await self.source.query(
+                f"sum(hotshard_router_breaker_open{matchers(self.scope)})"
+            )
+        except QueryError:
+            return None  # NB: status keeps the last counts; the tick itself already saw fresh data
+        counts = vector_by(outcomes, "outcome")
+        opened = float(breakers[0]["value"][1]) if breakers else 0.0
+        return Containment(
+            throttled_requests=round(counts.get("throttled", 0.0)),
+            tripped_requests=round(counts.get("tripped", 0.0)),
+            breakers_open=round(opened) if math.isfinite(opened) else 0,
+        )

@@ -92,6 +92,35 @@ class Decision(_Model):
     """The routing table version the decision produced, 0 when none."""
 
 
+class CampaignCost(_Model):
+    """One campaign's CPU cost, from the bidders' per-campaign CPU series."""
+
+    campaign: str = Field(max_length=256)
+    """The campaign key."""
+    partition: int = Field(ge=0)
+    """The virtual partition the campaign hashes to."""
+    cpu_cores: float = Field(ge=0)
+    """CPU seconds per second the campaign demanded (spent, plus predicted for refused requests)
+    in the bidders' last complete 1 s window, summed over the map's shards."""
+    cost_per_hour: float = Field(ge=0)
+    """`cpuCores` over the bidder CPU limit, times `budget.shardHourCost`: what the campaign costs
+    an hour at this rate, in the same unit as `costSoFar`."""
+
+
+class Containment(_Model):
+    """What the fleet did to keep costly campaigns from hurting the others."""
+
+    throttled_requests: int = Field(default=0, ge=0)
+    """Requests the bidders refused because their campaign ran out of CPU tokens, counted by the
+    bidder pods running now since they started."""
+    tripped_requests: int = Field(default=0, ge=0)
+    """Requests refused by an open per-campaign CPU breaker, counted the same way."""
+    breakers_open: int = Field(default=0, ge=0)
+    """Router breakers open now on this map's shards (summed over routers)."""
+    quarantines: int = Field(default=0, ge=0)
+    """Hand-overs that moved a costly campaign to the sandbox tier, since the map was created."""
+
+
 class PartitionMapStatus(_Model):
     """What the operator observed and did."""
 
@@ -111,6 +140,11 @@ class PartitionMapStatus(_Model):
     """The last decision and its reason."""
     cost_so_far: float = Field(default=0.0, ge=0)
     """Shard-hours spent above the base tier, times `budget.shardHourCost`."""
+    campaign_costs: list[CampaignCost] = Field(default_factory=list, max_length=10)
+    """The costliest campaigns by CPU on the last tick with fresh metrics, costliest first (at
+    most 10: the bidders export their top 10 each)."""
+    containment: Containment = Field(default_factory=Containment)
+    """Containment actions taken: throttled and tripped requests, open breakers, quarantines."""
     conditions: list[Condition] = Field(default_factory=list, max_length=8)
     """Ready, Progressing and Degraded."""
 

@@ -255,6 +255,10 @@ async def test_a_hot_signal_splits_in_prepare_commit_final_and_reports_it(rig: R
     (hot,) = status.hot_partitions
     assert (hot.partition, hot.reason) == (HOT, "rate")
     assert hot.score > 3.0
+    # 2500 req/s at 10 µs each is 0.025 cores; a 1-core bidder costs 3.6 an hour.
+    (cost,) = status.campaign_costs
+    assert (cost.campaign, cost.partition, cost.cpu_cores) == (CAMPAIGN, HOT, 0.025)
+    assert cost.cost_per_hour == pytest.approx(0.09)
     reasons = [(kind, reason) for kind, reason, _ in rig.cluster.events]
     assert reasons == [("Normal", "SplitStarted"), ("Normal", "SplitCommitted")]
     assert rig.cluster.events[0][2].startswith("v3: ")

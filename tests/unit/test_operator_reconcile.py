@@ -28,7 +28,13 @@ from hotshard_operator.reconcile import (
     run_tick,
 )
 from hotshard_operator.resources import PartitionMapSpec
-from hotshard_operator.status import HotPartition, PartitionMapStatus, find_condition
+from hotshard_operator.status import (
+    CampaignCost,
+    Containment,
+    HotPartition,
+    PartitionMapStatus,
+    find_condition,
+)
 
 REF = FleetRef(name="fleet", namespace="bidding", uid="uid-1", generation=3)
 
@@ -183,6 +189,35 @@ async def test_a_step_result_becomes_status_events_and_cost(
     progressing = find_condition(status.conditions, "Progressing")
     assert progressing is not None
     assert (progressing.status, progressing.reason) == ("True", "WarmingShards")
+
+
+async def test_campaign_costs_and_containment_reach_status_and_quarantines_add_up(
+    store: ConfigMapRoutingStore,
+) -> None:
+    cluster = FakeCluster()
+    status = await ensure_fleet(REF, SPEC, PartitionMapStatus(), cluster, store)
+    costs = [CampaignCost(campaign="c-7", partition=3, cpu_cores=0.5, cost_per_hour=1.8)]
+    seen = Containment(throttled_requests=120, tripped_requests=4, breakers_open=1)
+    step = ScriptedStep(
+        StepResult("quarantine", "c-7 burns CPU", campaign_costs=costs, containment=seen),
+        StepResult("none", "calm"),  # Prometheus gave no containment counts this tick
+        StepResult("quarantine", "c-9 burns CPU", containment=Containment(throttled_requests=130)),
+    )
+    status = await run_tick(REF, SPEC, status, cluster, step, elapsed_s=1.0)
+    assert cluster.statuses[-1]["campaignCosts"] == [
+        {"campaign": "c-7", "partition": 3, "cpuCores": 0.5, "costPerHour": 1.8}
+    ]
+    assert cluster.statuses[-1]["containment"] == {
+        "throttledRequests": 120,
+        "trippedRequests": 4,
+        "breakersOpen": 1,
+        "quarantines": 1,
+    }
+    status = await run_tick(REF, SPEC, status, cluster, step, elapsed_s=1.0)
+    assert status.campaign_costs == []
+    assert (status.containment.throttled_requests, status.containment.quarantines) == (120, 1)
+    status = await run_tick(REF, SPEC, status, cluster, step, elapsed_s=1.0)
+    assert (status.containment.throttled_requests, status.containment.quarantines) == (130, 2)
 
 
 async def test_a_rolled_back_split_is_a_warning_event(store: ConfigMapRoutingStore) -> None:

@@ -9,9 +9,16 @@ from typing import Any
 import pytest
 
 from hotshard.control.prometheus import PrometheusSource, QueryError
-from hotshard.engine.model import Observation
+from hotshard.engine.model import CampaignLoad, Observation
+from hotshard_operator.loopstep import campaign_costs
 from hotshard_operator.reconcile import MetricsUnavailableError
-from hotshard_operator.signals import FreshnessGate, PrometheusVersions, shard_scope
+from hotshard_operator.signals import (
+    FreshnessGate,
+    PrometheusContainment,
+    PrometheusVersions,
+    shard_scope,
+)
+from hotshard_operator.status import Containment
 
 
 class Source:
@@ -104,3 +111,50 @@ def test_the_shared_source_scopes_every_bidder_query() -> None:
     assert '{partition!="none", shard=~"f-(base)-[0-9]+"}' in partition_queries(5, scope)["rate"]
     assert all(scope in q for q in shard_queries(scope).values())
     assert newest_query() == "max(timestamp(hotshard_bidder_inflight))"  # unscoped as before
+
+
+class ScriptedPrometheus:
+    """Answers the two containment queries as Prometheus would; records what it was asked."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.asked: list[str] = []
+
+    async def query(self, promql: str) -> Any:
+        self.asked.append(promql)
+        if self.fail:
+            raise QueryError("Prometheus at http://prom:9090 did not answer")
+        if "hotshard_bidder_requests" in promql:
+            return [
+                {"metric": {"outcome": "throttled"}, "value": [1, "1520"]},
+                {"metric": {"outcome": "tripped"}, "value": [1, "37"]},
+            ]
+        return [{"metric": {}, "value": [1, "2"]}]
+
+
+async def test_containment_counts_come_from_the_bidders_and_routers_of_this_map() -> None:
+    prometheus = ScriptedPrometheus()
+    reader = PrometheusContainment(prometheus, shard_scope("fleet"))  # type: ignore[arg-type]
+    counts = await reader.containment()
+    assert counts == Containment(throttled_requests=1520, tripped_requests=37, breakers_open=2)
+    assert prometheus.asked == [
+        'sum by (outcome) (hotshard_bidder_requests{shard=~"fleet-(base|overflow|sandbox)-[0-9]+",'
+        ' outcome=~"throttled|tripped"})',
+        'sum(hotshard_router_breaker_open{shard=~"fleet-(base|overflow|sandbox)-[0-9]+"})',
+    ]
+    failing = PrometheusContainment(ScriptedPrometheus(fail=True), "")  # type: ignore[arg-type]
+    assert await failing.containment() is None
+
+
+def test_campaign_costs_are_the_top_k_by_cpu_priced_per_shard_hour() -> None:
+    loads = [
+        CampaignLoad("router-only", 1, rate=900.0),  # a router's entry: requests, no CPU
+        CampaignLoad("cheap", 2, cpu=0.01),
+        CampaignLoad("costly", 5, cpu=0.75),
+        CampaignLoad("mid", 9, cpu=0.2),
+    ]
+    costs = campaign_costs(loads, cost_per_core_hour=3.6, k=2)
+    assert [(c.campaign, c.partition, c.cpu_cores, c.cost_per_hour) for c in costs] == [
+        ("costly", 5, 0.75, 2.7),
+        ("mid", 9, 0.2, 0.72),
+    ]
