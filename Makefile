@@ -71,3 +71,9 @@ cluster-down:
 
 e2e: $(STAMP) e2e-build
 	$(BIN)/pytest -q tests/e2e $(PYTEST_ARGS)
+
+## The fleet model at 10M requests/s and at the local fleet's size (docs/simulation.md): every
+## strategy, both scenarios; writes bench/results/simulation.json and .md.
+.PHONY: simulate
+simulate: $(STAMP)
+	nice $(BIN)/hotshard simulate

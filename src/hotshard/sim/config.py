@@ -78,8 +78,11 @@ class FleetModel(BaseModel):
     )
     cooldown_s: float = Field(default=10.0, ge=0, description="The demo's scale-down wait.")
     settle_s: float = Field(default=5.0, ge=0, description="The demo's settle time.")
-    bug_cost_factor: float = Field(
-        default=100.0, gt=1, description="CPU per request of a campaign with a bad config."
+    bug_extra_cost_us: float = Field(
+        default=20000.0,
+        gt=0,
+        description="Extra CPU per request of the buggy campaign: the bidder's 20 ms bound on "
+        "one request's rules (hotshard_bidder.targeting), 200x the rules' usual 0.1 ms.",
     )
     seed: int = 7
 

@@ -46,6 +46,8 @@ class Policy:
     """A strategy's fleet; subclasses override what differs."""
 
     strategy: Strategy
+    reads_partitions = False
+    """Whether :meth:`after` reads per-partition loads (only the engine does)."""
 
     def __init__(self, model: FleetModel) -> None:
         self.model = model
@@ -143,6 +145,8 @@ class HpaPolicy(Policy):
 
 class HotshardPolicy(Policy):
     """The real engine decides from the model's observation; its tables apply the next second."""
+
+    reads_partitions = True
 
     def __init__(
         self, model: FleetModel, strategy: Strategy, config: EngineConfig, table: RoutingTable

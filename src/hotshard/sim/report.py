@@ -43,9 +43,10 @@ def _ratio(value: Any, reference: Any) -> str:
 def measures(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     """The rows of the table for one strategy, in order."""
     rows: list[tuple[str, Any]] = [(label, summary.get(key)) for label, key in ROWS]
-    for group in ("other", "hot"):
+    for group in ("other", "neighbours", "hot"):
         for phase in ("before", "during", "after"):
             rows.append((f"p99 ms {group} {phase}", summary["p99_ms"][group][phase]))
+    rows.append(("lost + 429 other", summary["failed_other"]))
     return rows
 
 
@@ -86,12 +87,17 @@ def verdict(results: dict[str, dict[str, Any]]) -> list[str]:
         if s == REFERENCE.value:
             continue
         theirs = r["p99_ms"]["other"]["during"]
+        nb_ours, nb_theirs = (
+            ref["p99_ms"]["neighbours"]["during"],
+            r["p99_ms"]["neighbours"]["during"],
+        )
         p99_win = ours_p99 is not None and theirs is not None and ours_p99 <= theirs
         lost_win = ref["lost"] <= r["lost"]
         out.append(
             f"- vs {s}: other campaigns' p99 during the event "
             f"{'better or equal' if p99_win else '**worse**'} ({_fmt(ours_p99)} vs "
-            f"{_fmt(theirs)} ms); lost {'fewer or equal' if lost_win else '**more**'} "
+            f"{_fmt(theirs)} ms; neighbours {_fmt(nb_ours)} vs {_fmt(nb_theirs)} ms); "
+            f"lost {'fewer or equal' if lost_win else '**more**'} "
             f"({ref['lost']} vs {r['lost']}); shard-seconds {ref['shard_seconds']} vs "
             f"{r['shard_seconds']}."
         )

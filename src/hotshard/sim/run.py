@@ -24,7 +24,9 @@ from hotshard.sim.queueing import EDGES, latency_mass, percentile, step_shards
 from hotshard.sim.traffic import Traffic
 
 PHASES = ("before", "during", "after")
-GROUPS = ("hot", "other")
+GROUPS = ("hot", "other", "neighbours")
+"""``neighbours`` are the other campaigns whose partitions share the hot campaigns' base shard:
+at hundreds of shards they are under 1 % of the traffic, so the fleet-wide p99 hides them."""
 MEMORY_PER_PARTITION = 2e6
 """Bytes a partition's campaigns hold in a bidder: a constant, memory is not what runs out."""
 
@@ -85,6 +87,8 @@ class StrategyRun:
         }
         # NB: "lost" is what a client that gives up at tmax sees: no answer in time.
         out["lost"] = out["timeouts"]
+        other = self.stats["other"].values()
+        out["failed_other"] = round(sum(s.refused + s.timeouts for s in other))
         return out
 
 
@@ -95,6 +99,9 @@ def simulate(model: FleetModel, traffic: Traffic, policy: Policy) -> StrategyRun
     run = StrategyRun(policy.strategy.value, {g: {p: GroupPhase() for p in PHASES} for g in GROUPS})
     hot_partitions = {int(p) for p in traffic.partition[traffic.hot]}
     base_owners = {policy.names[policy.owner[p]] for p in hot_partitions}
+    owner_ids = [policy.owner[p] for p in hot_partitions]
+    neighbour = np.isin(policy.owner, owner_ids)
+    neighbour[list(hot_partitions)] = True  # NB: the hot campaigns' partition-mates, too
     backlog = np.zeros(len(policy.names))
     backlog_names = list(policy.names)
     pending: deque[Observation] = deque()
@@ -106,8 +113,8 @@ def simulate(model: FleetModel, traffic: Traffic, policy: Policy) -> StrategyRun
         index = {n: i for i, n in enumerate(layout.names)}
         backlog = np.array([_carry(backlog, backlog_names, n) for n in layout.names])
         backlog_names = list(layout.names)
-        flows, served_by, shed = route(model, traffic, layout, rate, cost)
-        r_hot, r_other, w_hot, w_other = flows
+        flows, served_by, shed = route(model, traffic, layout, rate, cost, neighbour)
+        r_hot, r_other, w_hot, w_other, r_nb, w_nb = flows
         state = step_shards(
             w_hot + w_other,
             r_hot + r_other,
@@ -123,6 +130,7 @@ def simulate(model: FleetModel, traffic: Traffic, policy: Policy) -> StrategyRun
         for group, r, w, shed_g in (
             ("hot", r_hot, w_hot, shed[0]),
             ("other", r_other, w_other, shed[1]),
+            ("neighbours", r_nb, w_nb, 0.0),
         ):
             with np.errstate(divide="ignore", invalid="ignore"):
                 service = np.where(r > 0, w / r, 0.0) / speed
@@ -141,7 +149,17 @@ def simulate(model: FleetModel, traffic: Traffic, policy: Policy) -> StrategyRun
         ):
             run.mitigate_seconds = round(second - plan.spike_start, 2)
         pending.append(
-            observe(model, traffic, layout, index, state, flows, rate, cost, float(second + 1))
+            observe(
+                model,
+                traffic,
+                layout,
+                index,
+                state,
+                flows,
+                (rate, cost),
+                float(second + 1),
+                with_partitions=policy.reads_partitions,
+            )
         )
         if len(pending) > model.metrics_delay_s:
             seen = pending.popleft()
@@ -172,9 +190,10 @@ def route(
     layout: Layout,
     rate: np.ndarray,
     cost: np.ndarray,
+    neighbour: np.ndarray,
 ) -> tuple[tuple[np.ndarray, ...], set[int], tuple[float, float]]:
-    """Per shard: hot rate, other rate, hot work, other work; the shards serving hot traffic;
-    and the requests hotshard's router shed (hot, other)."""
+    """Per shard: hot rate, other rate, hot work, other work, neighbours' rate and work; the
+    shards serving hot traffic; and the requests hotshard's router shed (hot, other)."""
     n = len(layout.names)
     parts = model.partitions
     rate = rate.copy()
@@ -192,17 +211,19 @@ def route(
                 rate[k] = allowance
     own = np.array([name in layout.campaign_routes for name in traffic.names], dtype=bool)
     # Partition-level flows (rate hot, rate other, work hot, work other) of what follows the table.
-    p_flows = np.zeros((4, parts))
+    p_flows = np.zeros((6, parts))
     p_flows[1] = traffic.tail
     p_flows[3] = traffic.tail * model.cost_us * 1e-6
     stay = ~own
     for row, mask in ((0, traffic.hot & stay), (1, ~traffic.hot & stay)):
         np.add.at(p_flows[row], traffic.partition[mask], rate[mask])
         np.add.at(p_flows[row + 2], traffic.partition[mask], rate[mask] * cost[mask] * 1e-6)
+    p_flows[4] = p_flows[1] * neighbour
+    p_flows[5] = p_flows[3] * neighbour
     special = {**{p: {s: 1.0 / len(ss) for s in ss} for p, ss in layout.partition_splits.items()}}
     special.update(layout.spread)
     owner = layout.owner
-    out = np.zeros((4, n))
+    out = np.zeros((6, n))
     plain = p_flows.copy()
     if special:
         ids = np.fromiter(special.keys(), dtype=np.intp)
@@ -210,29 +231,30 @@ def route(
         for p, share in special.items():
             for s, f in share.items():
                 out[:, s] += p_flows[:, p] * f
-    for row in range(4):
+    for row in range(6):
         out[row] += np.bincount(owner, weights=plain[row], minlength=n)
     served_by: set[int] = set()
-    for k in np.flatnonzero(traffic.hot):
+    for k in np.flatnonzero(traffic.hot).tolist():
         name = traffic.names[k]
         p = int(traffic.partition[k])
         if own[k]:
             targets = layout.campaign_routes[name]
             for s in targets:
-                row = 0
-                out[row, s] += rate[k] / len(targets)
-                out[row + 2, s] += rate[k] * cost[k] * 1e-6 / len(targets)
+                out[0, s] += rate[k] / len(targets)
+                out[2, s] += rate[k] * cost[k] * 1e-6 / len(targets)
             served_by.update(targets)
         elif p in special:
             served_by.update(special[p])
         else:
             served_by.add(int(owner[p]))
-    for k in np.flatnonzero(~traffic.hot & own):
+    for k in np.flatnonzero(~traffic.hot & own).tolist():
         targets = layout.campaign_routes[traffic.names[k]]
+        rows = (1, 3, 4, 5) if neighbour[traffic.partition[k]] else (1, 3)
         for s in targets:
-            out[1, s] += rate[k] / len(targets)
-            out[3, s] += rate[k] * cost[k] * 1e-6 / len(targets)
-    return (out[0], out[1], out[2], out[3]), served_by, (shed[0], shed[1])
+            for row in rows:
+                per = rate[k] if row in (1, 4) else rate[k] * cost[k] * 1e-6
+                out[row, s] += per / len(targets)
+    return tuple(out), served_by, (shed[0], shed[1])
 
 
 def observe(
@@ -242,12 +264,18 @@ def observe(
     index: dict[str, int],
     state: Any,
     flows: tuple[np.ndarray, ...],
-    rate: np.ndarray,
-    cost: np.ndarray,
+    named: tuple[np.ndarray, np.ndarray],
     now: float,
+    *,
+    with_partitions: bool,
 ) -> Observation:
-    """What the fleet's metrics would say about this second: served load, not asked-for load."""
-    r_hot, r_other, _, _ = flows
+    """What the fleet's metrics would say about this second: served load, not asked-for load.
+
+    Per-partition loads are built only for policies that read them (the engine): at V=65536
+    they are most of a step's cost.
+    """
+    rate, cost = named
+    r_hot, r_other = flows[0], flows[1]
     shard_rate = (r_hot + r_other) * (1.0 - state.refused_share)
     owner = layout.owner
     admitted_p = (1.0 - state.refused_share)[owner]
@@ -258,16 +286,19 @@ def observe(
     np.add.at(part_cpu, traffic.partition, rate * cost * 1e-6)
     part_rate *= admitted_p
     part_cpu *= admitted_p
-    live = np.flatnonzero(part_rate > 0)
-    partitions = {
-        int(p): PartitionLoad(
-            rate=float(part_rate[p]),
-            cpu=float(part_cpu[p]),
-            memory=MEMORY_PER_PARTITION,
-            latency=float(latency_p[p]),
-        )
-        for p in live
-    }
+    partitions: dict[int, PartitionLoad] = {}
+    if with_partitions:
+        live = np.flatnonzero(part_rate > 0)
+        partitions = {
+            p: PartitionLoad(rate=r, cpu=c, memory=MEMORY_PER_PARTITION, latency=lat)
+            for p, r, c, lat in zip(
+                live.tolist(),
+                part_rate[live].tolist(),
+                part_cpu[live].tolist(),
+                latency_p[live].tolist(),
+                strict=True,
+            )
+        }
     per_shard_parts = np.bincount(owner, minlength=len(layout.names))
     shards = {
         name: ShardLoad(

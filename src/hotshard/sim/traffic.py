@@ -35,7 +35,7 @@ class Traffic:
     tail: np.ndarray
     """Requests/s of the tail on each partition (all zeros at the small scale)."""
     base_cost_us: float
-    bug_cost_factor: float
+    bug_extra_cost_us: float
 
     @property
     def duration(self) -> int:
@@ -54,7 +54,7 @@ class Traffic:
         if self.plan.config_changes and second >= self.plan.spike_start:
             # NB: the bad version lands when `during` begins and stays: nothing in the model
             # rolls it back (the bidder's resource guard is not modelled).
-            cost[self.hot] *= self.bug_cost_factor
+            cost[self.hot] += self.bug_extra_cost_us
         return rate, cost
 
 
@@ -78,7 +78,7 @@ def build_traffic(plan: TrafficPlan, model: FleetModel) -> Traffic:
         steady_rate=head * weights,
         tail=tail,
         base_cost_us=model.cost_us,
-        bug_cost_factor=model.bug_cost_factor,
+        bug_extra_cost_us=model.bug_extra_cost_us,
     )
 
 
