@@ -5,15 +5,18 @@ was picked by measuring candidates side by side in one run on loopback, not by r
 
 * JSON: parse + dump of every corpus request with ``json``, ``orjson`` and ``msgspec``.
 * Server: a handler that parses a real OpenRTB body and answers a small JSON bid, on aiohttp,
-  uvicorn (uvloop + httptools, raw ASGI) and granian (ASGI): peak rate under ``wrk`` (closed
-  loop) for a few seconds, then p50/p99 at a fixed 2,000 rps from ``hotshard loadgen`` (open loop).
-* Client: forwarding the corpus to an aiohttp server with aiohttp's client and httpx, measuring
-  the client's CPU per request (the router's cost of forwarding).
+  uvicorn (uvloop + httptools, raw ASGI), granian (ASGI) and the router's own httptools protocol
+  (``hotshard_bidder.router_server``): peak rate under ``wrk`` (closed loop) for a few seconds,
+  then p50/p99 at a fixed 2,000 rps from ``hotshard loadgen`` (open loop).
+* Client: forwarding the corpus to an aiohttp server with aiohttp's client, httpx, httpcore and
+  the router's own pool (``hotshard_bidder.shard_client``), measuring the client's CPU per
+  request (the router's cost of forwarding).
 
 The candidates are not hotshard dependencies; run it from a separate virtualenv that has them:
 ``python -m venv /tmp/stackvenv && /tmp/stackvenv/bin/pip install aiohttp uvloop orjson msgspec
-httpx uvicorn httptools granian`` then ``PYTHONPATH=src /tmp/stackvenv/bin/python -m
-bench.http_stack`` (needs ``wrk`` from Debian). Results go to ``bench/results/http_stack.json``.
+httpx uvicorn httptools granian`` then ``PYTHONPATH=$PWD/src:$PWD/bidder
+/tmp/stackvenv/bin/python -m bench.http_stack`` (needs ``wrk`` from Debian; the paths must be
+absolute: servers run from a scratch directory). Results go to ``bench/results/http_stack.json``.
 """
 
 from __future__ import annotations
@@ -77,6 +80,19 @@ Granian("granian_app:app", address="127.0.0.1", port=int(sys.argv[1]), interface
         workers=1, runtime_threads=1, log_enabled=False).serve()
 """,
 }
+SERVER_APPS["router-protocol"] = """
+import asyncio, sys, orjson, uvloop
+from hotshard_bidder.router_server import Response, RouterServer
+async def bid(request):
+    body = orjson.loads(request.body)
+    return Response.json(200, {"id": body["id"], "seatbid": []})
+async def main():
+    server = RouterServer({("POST", "/bid"): bid}, 65536)
+    await server.start("127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+CLIENTS = ("aiohttp", "httpx", "httpcore", "shard-pool")
 GRANIAN_APP = (
     SERVER_APPS["uvicorn"]
     .split("uvicorn.run(")[0]
@@ -99,6 +115,19 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"server on port {port} did not start")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children (granian serves from a child)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def corpus_bodies() -> list[bytes]:
@@ -176,6 +205,7 @@ def measure_servers(body: bytes, workdir: Path) -> list[dict[str, Any]]:
             wait_for_port(port)
             time.sleep(0.5)
             url = f"http://127.0.0.1:{port}/bid"
+            cpu_before = tree_cpu_seconds(proc.pid)
             out = subprocess.run(
                 [
                     "wrk",
@@ -192,8 +222,17 @@ def measure_servers(body: bytes, workdir: Path) -> list[dict[str, Any]]:
                 check=True,
                 timeout=WRK_SECONDS + 30,
             ).stdout
+            wrk = parse_wrk(out)
+            # NB: CPU per request barely moves when other jobs compete for the cores; the rate does.
+            served = wrk["rps"] * WRK_SECONDS
+            cpu_us = round((tree_cpu_seconds(proc.pid) - cpu_before) / served * 1e6, 1)
             rows.append(
-                {"server": name, **parse_wrk(out), **open_loop(url, workdir / f"{name}.json")}
+                {
+                    "server": name,
+                    **wrk,
+                    "cpu_us_per_request": cpu_us,
+                    **open_loop(url, workdir / f"{name}.json"),
+                }
             )
         finally:
             proc.terminate()
@@ -203,6 +242,7 @@ def measure_servers(body: bytes, workdir: Path) -> list[dict[str, Any]]:
 
 async def drive_client(name: str, url: str, bodies: list[bytes]) -> dict[str, Any]:
     import aiohttp
+    import httpcore
     import httpx
 
     queue = [bodies[i % len(bodies)] for i in range(CLIENT_REQUESTS)]
@@ -226,7 +266,7 @@ async def drive_client(name: str, url: str, bodies: list[bytes]) -> dict[str, An
                     await r.read()
 
             await run(post)
-    else:
+    elif name == "httpx":
         limits = httpx.Limits(max_connections=CLIENT_CONCURRENCY)
         async with httpx.AsyncClient(limits=limits) as c:
 
@@ -234,6 +274,26 @@ async def drive_client(name: str, url: str, bodies: list[bytes]) -> dict[str, An
                 (await c.post(url, content=body, headers=headers)).raise_for_status()
 
             await run(post)
+    elif name == "httpcore":
+        async with httpcore.AsyncConnectionPool(max_connections=CLIENT_CONCURRENCY) as pool:
+
+            async def post(body: bytes) -> None:
+                r = await pool.request("POST", url, headers=headers, content=body)
+                assert r.status == 200
+
+            await run(post)
+    else:
+        from hotshard_bidder.shard_client import ShardPool, parse_http_url
+
+        host, port = parse_http_url(url.rsplit("/", 1)[0])
+        shard_pool = ShardPool("target", host, port, CLIENT_CONCURRENCY, 30.0)
+
+        async def post(body: bytes) -> None:
+            r = await shard_pool.post("/bid", headers, body)
+            assert r.status == 200
+
+        await run(post)
+        shard_pool.close()
     cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
     return {
         "client": name,
@@ -252,7 +312,7 @@ def measure_clients(bodies: list[bytes], workdir: Path) -> list[dict[str, Any]]:
     try:
         wait_for_port(port)
         url = f"http://127.0.0.1:{port}/bid"
-        return [uvloop.run(drive_client(name, url, bodies)) for name in ("aiohttp", "httpx")]
+        return [uvloop.run(drive_client(name, url, bodies)) for name in CLIENTS]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
