@@ -139,3 +139,35 @@ def test_promql_partition_cpu_is_spent_plus_refused_and_campaign_cpu_is_scoped()
     )
     result = [{"metric": {"campaign": "Melania_Trump"}, "value": [0, "0.08"]}]
     assert [(c.campaign, c.cpu) for c in build_campaign_costs(result)] == [("Melania_Trump", 0.08)]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [("upstream connect error", "did not answer"), ("[]", "HTTP 503"), ("null", "HTTP 503")],
+)
+async def test_a_proxy_error_page_is_a_query_error_not_a_crash(body: str, why: str) -> None:
+    from aiohttp import web
+
+    from hotshard.control.prometheus import PrometheusSource, QueryError
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=503, text=body)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    source = PrometheusSource(f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(QueryError, match=why):
+            await source.query("up")
+        observation = await source.observe(1000.0)
+        assert observation.age_seconds == float("inf")
+        assert source.last_error is not None
+        assert why in source.last_error
+    finally:
+        await source.aclose()
+        await runner.cleanup()

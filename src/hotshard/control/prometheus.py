@@ -215,8 +215,10 @@ class PrometheusSource:
                 body = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             raise QueryError(f"Prometheus at {self.base_url} did not answer: {exc!r}") from exc
-        if body.get("status") != "success":
-            raise QueryError(f"query {promql!r} failed: {body.get('error', body)}")
+        # NB: a proxy in front of Prometheus may answer a bare string, a list or null.
+        if not isinstance(body, dict) or body.get("status") != "success":
+            why = body.get("error", body) if isinstance(body, dict) else f"HTTP {resp.status}"
+            raise QueryError(f"query {promql!r} failed: {why}")
         return body["data"]["result"]
 
     async def _named(self, queries: Mapping[str, str]) -> dict[str, Any]:
