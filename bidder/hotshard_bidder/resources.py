@@ -131,15 +131,21 @@ class ResourceGuard:
         )
 
     def off_loop(self, res: CampaignResources) -> bool:
-        """Whether this request's rules should run in the worker thread: the campaign is
-        anomalous, so they may be expensive, and the event loop serves everyone else."""
+        """Whether this request's rules should run in the worker thread, where an expensive
+        evaluation holds up only its own request: the campaign is anomalous, or the version
+        evaluating it is new and not yet judged good (so even its first request, the one that
+        would show it is expensive, does not stall the event loop)."""
         rules = res.rules
-        return (
-            self.policy.enabled
-            and res.profile.anomalous
-            and rules is not None
-            and not rules.trivial
+        if not self.policy.enabled or rules is None or rules.trivial:
+            return False
+        rollout = res.rollout
+        unproven = (
+            rollout is not None
+            and res.version == rollout.current
+            and not rollout.promoted
+            and not rollout.rolled_back
         )
+        return res.profile.anomalous or unproven
 
     @staticmethod
     def current_cost(res: CampaignResources) -> float:
@@ -159,16 +165,26 @@ class ResourceGuard:
 
     @staticmethod
     def demanded(res: CampaignResources) -> float:
-        """What a refused request asked for: its prediction, else the campaign's recent cost."""
+        """What a refused request asked for: its prediction, else the campaign's recent cost.
+
+        Zero for a request of a version still on its graduated canary: its damage is bounded
+        by its share and its rollout rolls it back, while moving the campaign to the sandbox
+        for it would move the requests of the last good version too.
+        """
+        rollout = res.rollout
+        if rollout is not None and res.version == rollout.current and rollout.share < 1.0:
+            return 0.0
         return res.predicted or res.profile.fast
 
     def entry(self, campaign: str, now: float) -> CampaignResources:
         found = self.campaigns.get(campaign)
         if found is None:
+            bucket = TokenBucket.full(self.policy.tokens, now)
+            # NB: on the sandbox tier the burst holds one request of the relaxed bound, or the
+            # bound would be relaxed in name only.
+            bucket.burst = bucket.tokens = max(bucket.burst, self.max_request)
             found = self.campaigns[campaign] = CampaignResources(
-                campaign,
-                TokenBucket.full(self.policy.tokens, now),
-                ResourceBreaker(self.policy.breaker, updated=now),
+                campaign, bucket, ResourceBreaker(self.policy.breaker, updated=now)
             )
         return found
 

@@ -145,3 +145,9 @@ def test_a_bad_canary_does_not_get_the_old_version_refused() -> None:
     # Its last good version's requests still run, a shape never seen included: they are
     # predicted at that version's cost, not at the campaign's average inflated by the canary.
     assert refused[0] == 0
+    # A canary's refusals are not demand for the engine: its rollout deals with it.
+    res.version = 1
+    res.predicted = 0.02
+    assert guard.demanded(res) == 0.0
+    res.version = 0
+    assert guard.demanded(res) == pytest.approx(0.02)
