@@ -2,10 +2,11 @@
 
 Both services load the routing table from a :class:`FileRoutingStore` (or, on a cluster, the
 routing ConfigMap: :mod:`hotshard_bidder.configmap_watch`), keep it current with a
-:class:`TableFollower` feeding a :class:`SnapshotHolder`, and serve aiohttp on uvloop until
-SIGTERM or SIGINT, then finish what is in flight and exit 0. Keeping that here leaves each
-service's module with only its own request logic, and keeps the HTTP layer thin enough to
-swap for another server.
+:class:`TableFollower` feeding a :class:`SnapshotHolder`, and run on uvloop until SIGTERM or
+SIGINT, then finish what is in flight and exit 0. The bidder serves aiohttp through
+:func:`serve`; the router has its own, leaner HTTP layer (:mod:`hotshard_bidder.router_server`)
+and shares the rest. Keeping that here leaves each service's module with only its own request
+logic.
 """
 
 from __future__ import annotations
