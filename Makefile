@@ -39,10 +39,11 @@ unit: $(STAMP)
 integration: $(STAMP) system-deps
 	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
 
-## Strategies side by side on the local fleet, both scenarios, about 12 minutes; writes
+## Strategies side by side on the local fleet, both scenarios, about 10 minutes; writes
 ## bench/results/strategies.{json,md} and PNGs (docs/benchmarks.md). Niced: the box is shared.
+## BENCH_ARGS=--repeat=3 takes the median of three rounds (about 30 minutes).
 bench: $(STAMP) system-deps
-	nice -n 10 $(BIN)/python -m bench.strategies
+	nice -n 10 $(BIN)/python -m bench.strategies $(BENCH_ARGS)
 
 bench-dataplane: $(STAMP) system-deps
 	$(BIN)/python -m bench.dataplane

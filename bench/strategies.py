@@ -117,68 +117,82 @@ def _keeping(
     return build_and_keep
 
 
-async def run_scenario(
-    name: str, strategies: list[Strategy], quick: bool, workdir: Path, view: LiveView, done: int
+async def run_one(
+    name: str, plan: TrafficPlan, strategy: Strategy, quick: bool, workdir: Path, view: LiveView
 ) -> dict[str, Any]:
-    scenario = load_scenario(name)
-    plan: TrafficPlan = compile_plan(scenario.quickened() if quick else scenario)
+    """One pass of ``strategy`` on ``plan``; its summary."""
     cooldown = demo.QUICK_COOLDOWN_S if quick else demo.DEMO_COOLDOWN_S
-    out: dict[str, Any] = {
-        "spike_start": plan.spike_start,
-        "spike_end": plan.spike_end,
-        "duration": plan.duration,
-        "strategies": {},
-    }
-    for i, strategy in enumerate(strategies, start=1):
-        engines: list[DecisionEngine] = []
-        setup = build_strategy(
-            strategy, plan, demo.engine_config(cooldown), bounded_front=haproxy_front
+    engines: list[DecisionEngine] = []
+    config = demo.engine_config(cooldown)
+    setup = build_strategy(strategy, plan, config, bounded_front=haproxy_front)
+    setup = dataclasses.replace(setup, build_engine=_keeping(setup.build_engine, engines))
+    started, load = time.monotonic(), os.getloadavg()[0]
+    with setup.environment():
+        record = await demo.run_pass(
+            plan,
+            mitigate=setup.mitigate,
+            cooldown=cooldown,
+            workdir=workdir / name,
+            prometheus=None,
+            view=view,
+            strategy=setup,
         )
-        setup = dataclasses.replace(setup, build_engine=_keeping(setup.build_engine, engines))
-        print(f"\n== [{done + i}] {name}: {setup.title} ({plan.duration:.0f} s)", flush=True)
-        started = time.monotonic()
-        with setup.environment():
-            record = await demo.run_pass(
-                plan,
-                mitigate=setup.mitigate,
-                cooldown=cooldown,
-                workdir=workdir / name,
-                prometheus=None,
-                view=view,
-                strategy=setup,
-            )
-        summary = summarise_strategy(record, setup, engines[0] if engines else None)
-        out["strategies"][strategy.value] = summary
-        p99 = summary["p99_ms"]
-        print(
-            f"   done in {time.monotonic() - started:.0f} s: other p99 during "
-            f"{p99['other']['during']} ms, hot p99 during {p99['hot']['during']} ms, lost "
-            f"{summary['lost_requests']}, 429 {summary['rejected_429']}, timeouts "
-            f"{summary['timeouts']}, shard-seconds {summary['shard_seconds']}",
-            flush=True,
-        )
-        if summary["misdirected_421"] and strategy is Strategy.BOUNDED_LOAD:
-            print("   WARNING: shards answered 421: the serve-any-partition switch was not on")
-    out["verdict"] = judge(out["strategies"])
-    return out
+    summary = summarise_strategy(record, setup, engines[0] if engines else None)
+    summary["load_average"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+    p99 = summary["p99_ms"]
+    print(
+        f"   done in {time.monotonic() - started:.0f} s: other p99 during "
+        f"{p99['other']['during']} ms, hot p99 during {p99['hot']['during']} ms, lost "
+        f"{summary['lost_requests']}, 429 {summary['rejected_429']}, timeouts "
+        f"{summary['timeouts']}, shard-seconds {summary['shard_seconds']}, load "
+        f"{summary['load_average'][0]} -> {summary['load_average'][1]}",
+        flush=True,
+    )
+    if summary["misdirected_421"] and strategy is Strategy.BOUNDED_LOAD:
+        print("   WARNING: shards answered 421: the serve-any-partition switch was not on")
+    return summary
+
+
+def rotated(strategies: list[Strategy], round_: int) -> list[Strategy]:
+    """Round ``round_``'s order: each round starts one strategy later, so that no strategy
+    always runs first (on a cold machine) or last."""
+    k = round_ % len(strategies) if strategies else 0
+    return strategies[k:] + strategies[:k]
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     strategies = strategy_names(args.strategy)
+    names = args.scenario or list(SCENARIOS)
+    quick = not args.full
+    plans = {}
+    for name in names:
+        scenario = load_scenario(name)
+        plans[name] = compile_plan(scenario.quickened() if quick else scenario)
     started = time.monotonic()
-    results: dict[str, Any] = {
-        "reference": REFERENCE.value,
-        "quick": not args.full,
-        "scenarios": {},
-    }
+    results: dict[str, Any] = {"reference": REFERENCE.value, "quick": quick, "scenarios": {}}
+    for name, plan in plans.items():
+        results["scenarios"][name] = {
+            "spike_start": plan.spike_start,
+            "spike_end": plan.spike_end,
+            "duration": plan.duration,
+            "passes": {s.value: [] for s in strategies},
+        }
     load_before = round(os.getloadavg()[0], 2)
+    total = args.repeat * len(names) * len(strategies)
+    done = 0
     with LiveView(plain=True) as view, tempfile.TemporaryDirectory(prefix="hotshard-bench-") as tmp:
-        for k, name in enumerate(args.scenario or SCENARIOS):
-            results["scenarios"][name] = await run_scenario(
-                name, strategies, not args.full, Path(tmp), view, k * len(strategies)
-            )
+        for round_ in range(args.repeat):
+            for name, plan in plans.items():
+                for strategy in rotated(strategies, round_):
+                    done += 1
+                    print(f"\n== [{done}/{total}] {name}: {strategy.value} (round {round_ + 1})")
+                    summary = await run_one(name, plan, strategy, quick, Path(tmp), view)
+                    results["scenarios"][name]["passes"][strategy.value].append(summary)
+    for scenario in results["scenarios"].values():
+        scenario["verdict"] = judge(scenario["passes"])
     results["run"] = {
-        "command": "make bench" if not args.full else "python -m bench.strategies --full",
+        "command": " ".join(["python -m bench.strategies", *sys.argv[1:]]),
+        "repeat": args.repeat,
         "cores": os.cpu_count(),
         "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
@@ -209,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         "--strategy", action="append", choices=[s.value for s in Strategy], help="repeatable"
     )
     parser.add_argument("--full", action="store_true", help="full scenario timings, not --quick")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of every pass; tables show the median"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     # NB: run_pass registers its clean-ups with the demo's exit hook; a bench needs it too.

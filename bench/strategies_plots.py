@@ -2,8 +2,8 @@
 
 Three panels share the time axis (seconds since the first request, the spike shaded): p99 per
 second of the other campaigns (were they protected?), p99 per second of the hot campaigns, and
-the shards each strategy ran (what the protection cost). Drawn with matplotlib's Agg backend
-from the per-second series :mod:`bench.strategies` keeps in each summary.
+the shards each strategy ran (what the protection cost). Each strategy is drawn from its
+median pass (:func:`bench.strategies_report.representative`), with matplotlib's Agg backend.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt
 
 from hotshard.strategies import ORDER
 
+from .strategies_report import representative
+
 COLOURS = {
     "static": "tab:grey",
     "hpa": "tab:purple",
@@ -30,7 +32,7 @@ COLOURS = {
 
 def plot_scenario(name: str, scenario: Mapping[str, Any], out: Path) -> Path:
     """Draw ``strategies-<name>.png`` into ``out``; return its path."""
-    summaries = scenario["strategies"]
+    passes = scenario["passes"]
     fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
     panels = (
         ("other", "p99, other campaigns (ms)", True),
@@ -39,9 +41,9 @@ def plot_scenario(name: str, scenario: Mapping[str, Any], out: Path) -> Path:
     )
     for ax, (series, label, log) in zip(axes, panels, strict=True):
         for strategy in ORDER:
-            summary = summaries.get(strategy.value)
-            if summary is None:
+            if not passes.get(strategy.value):
                 continue
+            summary = representative(passes[strategy.value])
             points = summary.get("series", {}).get(series, [])
             xs, ys = [p[0] for p in points], [p[1] for p in points]
             colour = COLOURS.get(strategy.value)

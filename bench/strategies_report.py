@@ -1,15 +1,17 @@
 """The strategy benchmark's verdict: the comparison table, ratios against hotshard, who wins.
 
-:mod:`bench.strategies` runs the passes and keeps one summary per strategy and scenario (the
-fields of :func:`hotshard.local.report.summarise_pass` plus status counts and per-second
-series). This module turns those summaries into rows of measures, each with its ratio to the
-reference strategy (hotshard with prediction), decides for each hotshard variant whether it
-beats every baseline on the two acceptance measures, and renders ``strategies.md``. It is pure:
-dictionaries in, dictionaries and text out.
+:mod:`bench.strategies` runs the passes and keeps one summary per pass (the fields of
+:func:`hotshard.local.report.summarise_pass` plus status counts and per-second series), one or
+more passes per strategy and scenario. This module turns them into rows of measures, each the
+median over a strategy's passes with its ratio to the reference strategy's median (hotshard
+with prediction), decides for each hotshard variant whether it beats every baseline on the two
+acceptance measures, and renders ``strategies.md``. It is pure: dictionaries in, dictionaries
+and text out.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 from hotshard.strategies import ORDER, REFERENCE, Strategy
 
 Summary = Mapping[str, Any]
+Passes = Mapping[str, Sequence[Summary]]
+"""Every pass's summary, by strategy name."""
 
 
 @dataclass(frozen=True)
@@ -60,18 +64,30 @@ def ratio(value: float | None, reference: float | None) -> float | None:
     return round(value / reference, 2)
 
 
-def build_rows(summaries: Mapping[str, Summary], reference: str) -> list[dict[str, Any]]:
-    """One row per measure: each strategy's value and its ratio to ``reference``'s."""
-    ref = summaries.get(reference, {})
+def median_of(measure: Measure, passes: Sequence[Summary]) -> float | None:
+    """The measure's median over the passes that have it, or ``None`` if none does."""
+    values = [v for v in (measure.read(s) for s in passes) if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def spread_of(measure: Measure, passes: Sequence[Summary]) -> tuple[float, float] | None:
+    values = [v for v in (measure.read(s) for s in passes) if v is not None]
+    return (min(values), max(values)) if len(values) > 1 else None
+
+
+def build_rows(passes: Passes, reference: str) -> list[dict[str, Any]]:
+    """One row per measure: each strategy's median, its range, and its ratio to ``reference``'s."""
     rows = []
     for m in MEASURES:
-        values = {name: m.read(s) for name, s in summaries.items()}
+        values = {name: median_of(m, runs) for name, runs in passes.items()}
+        ref = values.get(reference)
         rows.append(
             {
                 "measure": m.key,
                 "label": m.label,
                 "values": values,
-                "ratios": {name: ratio(v, m.read(ref)) for name, v in values.items()},
+                "spread": {name: spread_of(m, runs) for name, runs in passes.items()},
+                "ratios": {name: ratio(v, ref) for name, v in values.items()},
             }
         )
     return rows
@@ -86,17 +102,15 @@ def compare(ours: float | None, theirs: float | None) -> str:
     return "tie" if ours == theirs else "loss"
 
 
-def judge(summaries: Mapping[str, Summary]) -> dict[str, dict[str, dict[str, str]]]:
-    """For each hotshard variant and acceptance measure: the outcome against each baseline."""
+def judge(passes: Passes) -> dict[str, dict[str, dict[str, str]]]:
+    """For each hotshard variant and acceptance measure: its median against each baseline's."""
     measures = {m.key: m for m in MEASURES}
-    hotshard = [s for s in ORDER if s.is_hotshard and s.value in summaries]
-    baselines = [s for s in ORDER if not s.is_hotshard and s.value in summaries]
+    hotshard = [s.value for s in ORDER if s.is_hotshard and passes.get(s.value)]
+    baselines = [s.value for s in ORDER if not s.is_hotshard and passes.get(s.value)]
     return {
-        h.value: {
+        h: {
             key: {
-                b.value: compare(
-                    measures[key].read(summaries[h.value]), measures[key].read(summaries[b.value])
-                )
+                b: compare(median_of(measures[key], passes[h]), median_of(measures[key], passes[b]))
                 for b in baselines
             }
             for key in ACCEPTANCE
@@ -113,23 +127,37 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _cell(value: float | None, r: float | None, is_reference: bool) -> str:
-    if is_reference or value is None:
-        return _fmt(value)
-    return f"{_fmt(value)} ({_fmt(r)}x)" if r is not None else f"{_fmt(value)} (n/a)"
+def _cell(
+    value: float | None, r: float | None, spread: tuple[float, float] | None, is_reference: bool
+) -> str:
+    text = _fmt(value)
+    if value is not None and not is_reference:
+        text += f" ({_fmt(r)}x)" if r is not None else " (n/a)"
+    if spread is not None:
+        text += f" [{_fmt(spread[0])}-{_fmt(spread[1])}]"
+    return text
 
 
-def render_table(summaries: Mapping[str, Summary], reference: str) -> list[str]:
+def render_table(passes: Passes, reference: str) -> list[str]:
     """The markdown table of one scenario: a column per strategy, ratios in brackets."""
-    names = [s.value for s in ORDER if s.value in summaries]
+    names = [s.value for s in ORDER if passes.get(s.value)]
     lines = [
         "| measure | " + " | ".join(names) + " |",
         "| --- |" + " --- |" * len(names),
     ]
-    for row in build_rows(summaries, reference):
-        cells = [_cell(row["values"][n], row["ratios"][n], n == reference) for n in names]
+    for row in build_rows(passes, reference):
+        cells = [
+            _cell(row["values"][n], row["ratios"][n], row["spread"][n], n == reference)
+            for n in names
+        ]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def representative(runs: Sequence[Summary]) -> Summary:
+    """The pass whose p99 of the other campaigns during the spike is the median one."""
+    ranked = sorted(runs, key=lambda s: MEASURES[0].read(s) or 0.0)
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def render_verdict(verdict: Mapping[str, Mapping[str, Mapping[str, str]]]) -> list[str]:
@@ -160,20 +188,23 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         "Strategies: " + "; ".join(f"**{s.value}**: {s.description}" for s in ORDER) + ".",
     ]
+    repeat = results.get("run", {}).get("repeat", 1)
+    if repeat > 1:
+        lines += ["", f"Every value is the median of {repeat} passes, [lowest-highest] after it."]
     for name, scenario in results.get("scenarios", {}).items():
-        summaries = scenario["strategies"]
+        passes = scenario["passes"]
         lines += ["", f"## {name}", ""]
-        lines += render_table(summaries, reference)
+        lines += render_table(passes, reference)
         shares = [
-            f"{n} {summaries[n]['hot_off_home_share']:.0%}"
+            f"{n} {statistics.median(s.get('hot_off_home_share', 0.0) for s in passes[n]):.0%}"
             for n in (s.value for s in ORDER)
-            if n in summaries and summaries[n].get("hot_off_home_share") is not None
+            if passes.get(n)
         ]
         if shares:
             lines += ["", "Hot requests answered away from their home shard: " + ", ".join(shares)]
         lines += ["", "Acceptance (issue #8): hotshard beats every other strategy on p99 of the"]
         lines += ["other campaigns during the spike and on lost requests.", ""]
-        lines += render_verdict(judge(summaries))
+        lines += render_verdict(judge(passes))
         lines += ["", f"![{name}](strategies-{name}.png)"]
     run = results.get("run", {})
     lines += [
@@ -182,9 +213,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         f"`{run.get('command', 'make bench')}` on {run.get('cores', '?')} cores, load average "
         f"{_fmt(run.get('load_before'))} before and {_fmt(run.get('load_after'))} after; "
-        f"{_fmt(run.get('minutes'))} minutes in all. One pass per strategy and scenario, in the "
-        "order of the columns; the machine was shared, so compare ratios, not absolute "
-        "latencies. Method and limits: docs/benchmarks.md.",
+        f"{_fmt(run.get('minutes'))} minutes in all, {repeat} round(s) of one pass per strategy "
+        "and scenario, each round starting one strategy later; the machine was shared, so compare "
+        "ratios, not absolute latencies. Method and limits: docs/benchmarks.md.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 # importable (pytest puts only tests/unit on the path).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.strategies_report import build_rows, compare, judge, ratio, render_table
+from bench.strategies import rotated
+from bench.strategies_report import (
+    build_rows,
+    compare,
+    judge,
+    ratio,
+    render_table,
+    representative,
+)
 
 from hotshard.engine.config import EngineConfig
 from hotshard.engine.model import Observation, PoolState, ShardLoad
@@ -29,7 +37,7 @@ from hotshard.local.strategies import (
 )
 from hotshard.routing import RoutingTable, Shard
 from hotshard.routing.table import ranges_from_owners
-from hotshard.strategies import HpaAutoscaler, HpaSettings
+from hotshard.strategies import HpaAutoscaler, HpaSettings, Strategy
 
 P = 4096
 
@@ -213,9 +221,9 @@ def summary(other_during: float, lost: int, shard_seconds: float) -> dict[str, A
 
 
 SUMMARIES = {
-    "static": summary(120.0, 3, 150.0),
-    "bounded-load": summary(30.0, 0, 150.0),
-    "hotshard-predictive": summary(40.0, 0, 300.0),
+    "static": [summary(120.0, 3, 150.0)],
+    "bounded-load": [summary(30.0, 0, 150.0)],
+    "hotshard-predictive": [summary(40.0, 0, 300.0)],
 }
 
 
@@ -251,3 +259,27 @@ def test_the_table_has_a_column_per_strategy_in_order() -> None:
     assert lines[0] == "| measure | static | bounded-load | hotshard-predictive |"
     other = next(line for line in lines if line.startswith("| p99 other campaigns, during"))
     assert other == "| p99 other campaigns, during (ms) | 120 (3x) | 30 (0.75x) | 40 |"
+
+
+def test_repeated_passes_are_judged_by_their_median() -> None:
+    passes = {
+        "static": [summary(v, 0, 150.0) for v in (90.0, 20.0, 100.0)],
+        "hotshard-reactive": [summary(v, 0, 400.0) for v in (30.0, 200.0, 40.0)],
+    }
+    (row,) = [
+        r for r in build_rows(passes, "hotshard-reactive") if r["measure"] == "other_p99_during"
+    ]
+    assert row["values"] == {"static": 90.0, "hotshard-reactive": 40.0}
+    assert row["spread"]["static"] == (20.0, 100.0)
+    assert judge(passes)["hotshard-reactive"]["other_p99_during"] == {"static": "win"}
+    # The plots draw the median pass, not an outlier.
+    assert representative(passes["hotshard-reactive"])["p99_ms"]["other"]["during"] == 40.0
+    line = next(x for x in render_table(passes, "hotshard-reactive") if "during (ms)" in x)
+    assert "| 90 (2.25x) [20-100] |" in line
+
+
+def test_each_round_starts_one_strategy_later() -> None:
+    order = [Strategy.STATIC, Strategy.HPA, Strategy.HOTSHARD_REACTIVE]
+    assert rotated(order, 0) == order
+    assert rotated(order, 1) == [Strategy.HPA, Strategy.HOTSHARD_REACTIVE, Strategy.STATIC]
+    assert rotated(order, 3) == order
