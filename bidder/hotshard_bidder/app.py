@@ -284,7 +284,10 @@ class BidderApp:
         rules = res.rules
         timeouts = rules.timeouts if rules is not None else 0
         if rules is not None and self.guard.off_loop(res):
+            paused = time.thread_time()
             matched, worker_cpu = await self._match_off_loop(res, view.doc)
+            # NB: the loop's thread served other requests meanwhile: not this one's CPU.
+            cpu_start += time.thread_time() - paused
             rules_cpu, bound = worker_cpu, OFF_LOOP_EVAL_SECONDS
             now = time.time()
         else:
