@@ -84,8 +84,15 @@ start() {
   local name=$1 binary=$2; shift 2
   [[ -x $binary ]] || die "$binary is missing: run e2e/build.sh (or make cluster-up)"
   setsid "$binary" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
-  echo $! >"$PIDS/$name.pid"
-  log "started $name (pid $!)"
+  local pid=$! i
+  echo "$pid" >"$PIDS/$name.pid"
+  # Until it execs, the forked child is still this script (its command line does not name the
+  # component), and wait_for would take it for a process that exited: wait out the exec.
+  for ((i = 0; i < 100; i++)); do
+    is_running "$name" || [[ ! -e /proc/$pid ]] && break
+    sleep 0.02
+  done
+  log "started $name (pid $pid)"
 }
 
 # wait_for NAME WHAT COMMAND...: poll COMMAND until it succeeds, failing if NAME's process exits.

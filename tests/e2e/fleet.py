@@ -23,10 +23,17 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from .conftest import REPO, Cluster
 
 CHART = REPO / "charts" / "hotshard"
+GROUP, VERSION, PLURAL = "hotshard.io", "v1alpha1", "partitionmaps"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+RELEASE = "hotshard"  # the chart names things `hotshard-*` for this release name
+MAP = "fleet"  # the chart's router.partitionMap default: its RBAC names `fleet-routing`
+OPERATOR_ACCOUNT = f"{RELEASE}-operator"
+ROUTER_ACCOUNT = f"{RELEASE}-router"
 TOKEN_SECONDS = 3600
 """Lifetime of the ServiceAccount tokens: longer than any session, short enough to expire."""
 STOP_SECONDS = 10.0
@@ -62,6 +69,104 @@ def helm(cluster: Cluster, *args: str) -> str:
     if proc.returncode != 0:
         pytest.fail(f"helm {' '.join(args[:2])} failed:\n{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+def remove_crd(cluster: Cluster) -> None:
+    """Delete the PartitionMap CRD and wait until it is gone (local control plane only)."""
+    ext = client.ApiextensionsV1Api(cluster.api)
+
+    def gone() -> bool:
+        try:
+            ext.read_custom_resource_definition(CRD_NAME)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    if not gone():
+        ext.delete_custom_resource_definition(CRD_NAME)
+        cluster.wait_until(f"CRD {CRD_NAME} to be deleted", gone)
+
+
+def install_release(cluster: Cluster, namespace: str) -> None:
+    """``helm install`` the chart into ``namespace`` with the operator left out (it runs here).
+
+    On the local control plane the CRD is the release's own; on an existing cluster a CRD that
+    is already there is left alone, since users' PartitionMaps live under it.
+    """
+    install_crd = "true"
+    if cluster.local:
+        remove_crd(cluster)  # a CRD left by another test would not belong to the release
+    else:
+        crds = client.ApiextensionsV1Api(cluster.api).list_custom_resource_definition()
+        if any(c.metadata.name == CRD_NAME for c in crds.items):
+            install_crd = "false"
+    helm(
+        cluster,
+        *("install", RELEASE, str(CHART), "--namespace", namespace),
+        *("--set", "operator.replicas=0", "--set", f"crds.install={install_crd}"),
+        *("--set", f"router.partitionMap={MAP}", "--wait", "--timeout", "120s"),
+    )
+
+
+def uninstall_release(cluster: Cluster, namespace: str) -> None:
+    helm(cluster, "uninstall", RELEASE, "--namespace", namespace, "--wait")
+    cluster.delete_namespace(namespace)
+    if cluster.local:
+        remove_crd(cluster)
+
+
+def create_map(cluster: Cluster, namespace: str, spec: dict[str, Any]) -> str:
+    """Create PartitionMap ``MAP`` with ``spec``; return its uid."""
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PartitionMap",
+        "metadata": {"name": MAP},
+        "spec": spec,
+    }
+    created = client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )
+    uid: str = created["metadata"]["uid"]
+    return uid
+
+
+def discard_map(cluster: Cluster, namespace: str) -> None:
+    """Delete the PartitionMap without its operator: drop kopf's finalizer, then delete.
+
+    Teardown must not depend on the operator (a scenario may have killed it), and the CRD
+    cannot go while a PartitionMap holding a finalizer is left.
+    """
+    objects = client.CustomObjectsApi(cluster.api)
+    try:
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, MAP, {"metadata": {"finalizers": None}}
+        )
+        objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, MAP)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def read_map(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, MAP
+    )
+    return found
+
+
+def operator_process(namespace: str, kubeconfig: Path, log_path: Path) -> LocalProcess:
+    """``hotshard operator`` for one namespace, with a liveness endpoint on a free port."""
+    return LocalProcess(
+        "operator",
+        [
+            *("operator", "--namespace", namespace),
+            *("--liveness", f"http://127.0.0.1:{free_port()}/healthz"),
+        ],
+        kubeconfig,
+        log_path,
+    )
 
 
 def free_port() -> int:
@@ -107,23 +212,31 @@ def client_for(kubeconfig: Path) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(kubeconfig))
 
 
+def hotshard_command() -> list[str]:
+    """The ``hotshard`` CLI of this virtualenv."""
+    return [str(Path(sys.executable).with_name("hotshard")), "--log-level=INFO"]
+
+
 @dataclass
 class LocalProcess:
-    """One ``hotshard`` subcommand on 127.0.0.1, logging to a file, stopped by its pid."""
+    """One ``hotshard`` subcommand (or ``program``) on 127.0.0.1, logging to a file, stopped by
+    its pid."""
 
     name: str
     args: list[str]
-    kubeconfig: Path
+    kubeconfig: Path | None
     log_path: Path
+    program: list[str] = field(default_factory=hotshard_command)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> LocalProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        hotshard = Path(sys.executable).with_name("hotshard")
-        with open(self.log_path, "wb") as log:
+        env.pop("KUBECONFIG", None)
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(hotshard), "--log-level=INFO", *self.args],
+                [*self.program, *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -138,6 +251,12 @@ class LocalProcess:
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, as when a node dies or the OOM killer strikes."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(STOP_SECONDS)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

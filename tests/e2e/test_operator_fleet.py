@@ -30,21 +30,23 @@ from hotshard.routing.configmap_store import TABLE_KEY, ConfigMapRoutingStore
 
 from .conftest import Cluster
 from .fleet import (
-    CHART,
+    GROUP,
+    MAP,
+    OPERATOR_ACCOUNT,
+    PLURAL,
+    ROUTER_ACCOUNT,
+    VERSION,
     LocalProcess,
     client_for,
     condition,
+    create_map,
     free_port,
-    helm,
+    install_release,
+    operator_process,
     token_kubeconfig,
+    uninstall_release,
 )
 
-GROUP, VERSION, PLURAL = "hotshard.io", "v1alpha1", "partitionmaps"
-CRD_NAME = f"{PLURAL}.{GROUP}"
-RELEASE = "hotshard"  # the chart names things `hotshard-*` for this release name
-MAP = "fleet"  # the chart's router.partitionMap default: its RBAC names `fleet-routing`
-OPERATOR_ACCOUNT = f"{RELEASE}-operator"
-ROUTER_ACCOUNT = f"{RELEASE}-router"
 TIERS = {"base": 2, "overflow": 1, "sandbox": 1}
 """Replicas per tier of the test map: small, and every tier present."""
 
@@ -98,69 +100,20 @@ class Fleet:
         return self.cluster.wait_until(what, checked)
 
 
-def remove_crd(cluster: Cluster) -> None:
-    """Delete the PartitionMap CRD and wait until it is gone (local control plane only)."""
-    ext = client.ApiextensionsV1Api(cluster.api)
-
-    def gone() -> bool:
-        try:
-            ext.read_custom_resource_definition(CRD_NAME)
-        except ApiException as exc:
-            if exc.status == 404:
-                return True
-            raise
-        return False
-
-    if not gone():
-        ext.delete_custom_resource_definition(CRD_NAME)
-        cluster.wait_until(f"CRD {CRD_NAME} to be deleted", gone)
-
-
 @pytest.fixture(scope="module")
 def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """Install the chart, start the operator with its ServiceAccount, create the map."""
     workdir = tmp_path_factory.mktemp("fleet")
     namespace = cluster.new_namespace("fleet")
-    install_crd = "true"
-    if cluster.local:
-        remove_crd(cluster)  # a CRD left by another test would not belong to the release
-    else:
-        crds = client.ApiextensionsV1Api(cluster.api).list_custom_resource_definition()
-        if any(c.metadata.name == CRD_NAME for c in crds.items):
-            install_crd = "false"  # never replace a CRD that users' PartitionMaps live under
-    helm(
-        cluster,
-        *("install", RELEASE, str(CHART), "--namespace", namespace),
-        *("--set", "operator.replicas=0", "--set", f"crds.install={install_crd}"),
-        *("--set", f"router.partitionMap={MAP}", "--wait", "--timeout", "120s"),
-    )
+    install_release(cluster, namespace)
     kubeconfig = token_kubeconfig(cluster, namespace, OPERATOR_ACCOUNT, workdir / "operator.kcfg")
-    operator = LocalProcess(
-        "operator",
-        [
-            *("operator", "--namespace", namespace),
-            *("--liveness", f"http://127.0.0.1:{free_port()}/healthz"),
-        ],
-        kubeconfig,
-        workdir / "operator.log",
-    ).start()
+    operator = operator_process(namespace, kubeconfig, workdir / "operator.log").start()
     try:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "PartitionMap",
-            "metadata": {"name": MAP},
-            "spec": fleet_spec(free_port()),
-        }
-        created = client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, body
-        )
-        yield Fleet(cluster, namespace, workdir, operator, created["metadata"]["uid"])
+        uid = create_map(cluster, namespace, fleet_spec(free_port()))
+        yield Fleet(cluster, namespace, workdir, operator, uid)
     finally:
         operator.stop()
-        helm(cluster, "uninstall", RELEASE, "--namespace", namespace, "--wait")
-        cluster.delete_namespace(namespace)
-        if cluster.local:
-            remove_crd(cluster)
+        uninstall_release(cluster, namespace)
 
 
 def test_the_operator_identity_is_least_privilege(fleet: Fleet) -> None:

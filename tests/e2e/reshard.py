@@ -1,0 +1,201 @@
+"""The resharding scenarios' fleet: what one test needs to drive traffic and read the outcome.
+
+:class:`ReshardFleet` gathers the processes of ``test_resharding.py`` (operator, router,
+stand-in bidders, Prometheus) and the reads its assertions are made of: the PartitionMap's
+status, the routing table in the ConfigMap, the shards serving a campaign, the Events the
+operator posted. :class:`Spike` runs one bounded load of a single named campaign through the
+router in a process of its own. :class:`PrepareTrigger` watches the ConfigMap and acts the
+moment a hand-over is in its *prepare* phase, which is how the scenarios land a concurrent
+write or a SIGKILL in the middle of a migration rather than before or after it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from hotshard.routing import MigrationPhase, RoutingSnapshot, RoutingTable
+from hotshard.routing.configmap_store import ConfigMapRoutingStore
+
+from .conftest import REPO, Cluster
+from .fleet import MAP, LocalProcess, read_map
+from .standins import ScrapingPrometheus, StandInKubelet
+
+PARTITIONS = 64
+SPIKE_GRACE_SECONDS = 30.0
+"""Past its duration, how long a spike's load generator may take to write its report (start-up
+loads the corpus, the end waits one client timeout)."""
+LOST_AFTER_MS = 5000
+"""A request unanswered this long past its deadline counts as lost."""
+TRIGGER_POLL_SECONDS = 0.02
+"""ConfigMap reads while waiting for a prepare table: the operator stays in prepare for at least
+one Prometheus scrape (1 s), so 20 ms lands well inside it."""
+
+
+@dataclass
+class Spike:
+    """One campaign's load through the router, from ``campaign_load.py`` in its own process."""
+
+    process: LocalProcess
+    report_path: Path
+    duration: float
+
+    def report(self) -> dict[str, Any]:
+        """Wait for the load to end and return its JSON report."""
+        assert self.process.proc is not None
+        try:
+            self.process.proc.wait(self.duration + SPIKE_GRACE_SECONDS)
+        except Exception:
+            self.process.stop()
+            pytest.fail(f"the spike did not end:\n{self.process.log_tail()}")
+        if not self.report_path.exists():
+            pytest.fail(f"the spike wrote no report:\n{self.process.log_tail()}")
+        found: dict[str, Any] = json.loads(self.report_path.read_text())
+        return found
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+@dataclass
+class ReshardFleet:
+    cluster: Cluster
+    namespace: str
+    workdir: Path
+    operator: LocalProcess
+    router: LocalProcess
+    router_url: str
+    kubelet: StandInKubelet
+    prometheus: ScrapingPrometheus
+    uid: str
+    spikes: list[Spike] = field(default_factory=list)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.cluster.api)
+
+    def read_map(self) -> dict[str, Any]:
+        return read_map(self.cluster, self.namespace)
+
+    def store(self) -> ConfigMapRoutingStore:
+        return ConfigMapRoutingStore(self.core, self.namespace, f"{MAP}-routing")
+
+    def table(self) -> RoutingTable:
+        return self.store().read()[0]
+
+    def serving(self, campaign: str, table: RoutingTable | None = None) -> tuple[str, ...]:
+        """The shards that serve ``campaign`` in ``table`` (the ConfigMap's when None)."""
+        snapshot = RoutingSnapshot(table or self.table())
+        return snapshot.shards_for(snapshot.partition(campaign), campaign)
+
+    def overflow_replicas(self) -> int:
+        return self.kubelet.replicas()["overflow"]
+
+    def events(self) -> list[tuple[str, str]]:
+        """``(reason, message)`` of every Event about the PartitionMap, oldest first."""
+        found = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={MAP}"
+        ).items
+        found.sort(key=lambda e: e.metadata.creation_timestamp)
+        return [(e.reason, e.message or "") for e in found]
+
+    def stop(self) -> None:
+        """Stop the spikes still running (the fixture stops everything else)."""
+        for spike in self.spikes:
+            spike.stop()
+
+    def check(self) -> None:
+        """Fail at once, with its log, if a process the scenario needs has exited."""
+        for process in (self.operator, self.router):
+            if not process.running():
+                pytest.fail(f"the {process.name} exited:\n{process.log_tail()}")
+        self.kubelet.check()
+
+    def wait_until(self, what: str, probe: Callable[[], Any]) -> Any:
+        def checked() -> Any:
+            self.check()
+            return probe()
+
+        return self.cluster.wait_until(what, checked)
+
+    def spike(self, campaign: str, rate: float, duration: float) -> Spike:
+        """Start ``rate`` req/s of ``campaign`` alone at the router for ``duration`` seconds."""
+        n = len(self.spikes)
+        spec = {
+            "target": f"{self.router_url}/openrtb2/auction",
+            "profile": f"constant:{rate:g}",
+            "duration": duration,
+            "names": [campaign],
+            "shares": [1.0],
+            "hot": 1,
+            "seed": n + 1,
+            # NB: "lost" must mean never answered, not answered late: on a shared 2-core box the
+            # generator itself can fall a second behind, and speed is not what this tier tests.
+            "grace_ms": LOST_AFTER_MS,
+        }
+        spec_path = self.workdir / f"spike-{n}.json"
+        spec_path.write_text(json.dumps(spec))
+        out = self.workdir / f"spike-{n}.report.json"
+        process = LocalProcess(
+            f"spike-{n}",
+            [str(spec_path), str(out)],
+            None,
+            self.workdir / f"spike-{n}.log",
+            program=[sys.executable, str(REPO / "tests" / "e2e" / "campaign_load.py")],
+        ).start()
+        spike = Spike(process, out, duration)
+        self.spikes.append(spike)
+        return spike
+
+
+def in_prepare(table: RoutingTable) -> bool:
+    return any(m.phase is MigrationPhase.PREPARE for m in table.migrations)
+
+
+class PrepareTrigger:
+    """Calls ``act(table, token)`` once, the first time the ConfigMap holds a prepare table.
+
+    It runs in a thread, so the test can start the load that causes the hand-over meanwhile.
+    ``history`` keeps every table version seen, in order, for the assertions.
+    """
+
+    def __init__(
+        self, store: ConfigMapRoutingStore, act: Callable[[RoutingTable, str], None]
+    ) -> None:
+        self.store = store
+        self.act = act
+        self.fired: RoutingTable | None = None
+        self.history: list[int] = []
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prepare-trigger", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._halt.is_set():
+                table, token = self.store.read()
+                if not self.history or self.history[-1] != table.version:
+                    self.history.append(table.version)
+                if self.fired is None and in_prepare(table):
+                    self.act(table, token)
+                    self.fired = table
+                time.sleep(TRIGGER_POLL_SECONDS)
+        except BaseException as exc:  # NB: surfaced by the test through `error`
+            self.error = exc
+
+    def __enter__(self) -> PrepareTrigger:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        self._thread.join(5)
