@@ -11,14 +11,10 @@ an operator read containment from there.
 State for one campaign lives in one :class:`CampaignResources` entry, and the per-request
 scratch values (version picked, prediction, profiling flag) are kept on it between ``admit`` and
 ``settle``: the handler runs both without yielding to the event loop, so no other request can
-interleave, and the request path allocates nothing new for a normal campaign. The one exception
-is an anomalous campaign, whose rules run in a worker thread (:meth:`ResourceGuard.off_loop`):
-its handler keeps the scratch values with :meth:`CampaignResources.hold` before it yields and
-puts them back with :meth:`CampaignResources.resume` before ``settle``.
-
-The shard's tier matters to one knob: on the sandbox tier a request may cost up to
-``sandbox_request_seconds`` (expensive work is what the sandbox is for), elsewhere
-``max_request_seconds``.
+interleave, and the request path allocates nothing new for a normal campaign. When the rules
+run in a worker thread (:meth:`ResourceGuard.off_loop`) the handler keeps the scratch values
+across the yield (:meth:`CampaignResources.hold`, :meth:`CampaignResources.resume`). On the
+sandbox tier a request may cost ``sandbox_request_seconds``, elsewhere ``max_request_seconds``.
 """
 
 from __future__ import annotations
@@ -149,13 +145,9 @@ class ResourceGuard:
 
     @staticmethod
     def current_cost(res: CampaignResources) -> float:
-        """What a request of the campaign costs now, for one of a shape not seen yet.
-
-        When a rollout is watching, the recent cost of the version evaluating the request: the
-        campaign's fast average mixes versions (a bad 5% canary makes it anomalous while the
-        other 95% stay cheap) and still carries its normal past (one 20 ms request moves it to
-        ~6 ms). Else the fast average.
-        """
+        """What a request of a shape not seen yet costs now: the recent cost of the version
+        evaluating it when a rollout watches (the fast average mixes a bad canary with the
+        cheap rest, and its normal past), else the fast average."""
         rollout = res.rollout
         if rollout is not None:
             tally = rollout.new if res.version == rollout.current else rollout.old
@@ -165,12 +157,9 @@ class ResourceGuard:
 
     @staticmethod
     def demanded(res: CampaignResources) -> float:
-        """What a refused request asked for: its prediction, else the campaign's recent cost.
-
-        Zero for a request of a version still on its graduated canary: its damage is bounded
-        by its share and its rollout rolls it back, while moving the campaign to the sandbox
-        for it would move the requests of the last good version too.
-        """
+        """What a refused request asked for (its prediction, else the campaign's recent cost);
+        zero on a graduated canary, whose damage its share bounds and its rollout undoes: a
+        move to the sandbox for it would take the last good version's requests along."""
         rollout = res.rollout
         if rollout is not None and res.version == rollout.current and rollout.share < 1.0:
             return 0.0
@@ -256,13 +245,10 @@ class ResourceGuard:
     ) -> None:
         """Charge a finished request's measured ``cost`` (``rules``: CPU of its rules, if timed).
 
-        ``ran_out`` is the time bound its rules ran out of, if they did. Such a request asked
-        for at least that much: under a tight cgroup quota its thread got only a share of the
-        bound as CPU, but on a free core it would have burnt all of it. So its fingerprint and
-        the campaign's cost average learn ``max(cost, ran_out)``, and a refused request of its
-        shape is predicted (and counted as refused demand) at what it asks for, not at what a
-        throttled thread managed to spend. The tokens and the breaker charge what was spent.
-        """
+        ``ran_out``: the time bound its rules ran out of, if they did. Under a tight quota its
+        thread got only part of it as CPU, yet on a free core it would burn all of it, so its
+        fingerprint and cost average learn ``max(cost, ran_out)``: what it asks for. The tokens
+        and the breaker charge what was spent."""
         res.requests += 1
         res.cpu_seconds += cost
         asked = max(cost, ran_out)
@@ -330,11 +316,8 @@ class ResourceGuard:
         return stored
 
     def judge_due(self, now: float) -> None:
-        """Judge every rollout in progress that is due, requests or not.
-
-        A campaign moved away (to the sandbox tier) sends this shard no more requests, yet the
-        version that made it expensive here must still be rolled back on the evidence it left.
-        """
+        """Judge every rollout in progress that is due, requests or not: a campaign moved to the
+        sandbox sends no more requests here, yet is rolled back on the evidence it left."""
         for res in self.campaigns.values():
             rollout = res.rollout
             if rollout is None or rollout.rolled_back or rollout.promoted:
@@ -374,18 +357,11 @@ class ResourceGuard:
         if res is None:
             return None
         rollout = res.rollout
+        shown = ("previous", "current", "share", "promoted", "rolled_back")
         return {
             "campaign": campaign,
             "active": res.active,
-            "rollout": None
-            if rollout is None
-            else {
-                "previous": rollout.previous,
-                "current": rollout.current,
-                "share": rollout.share,
-                "promoted": rollout.promoted,
-                "rolled_back": rollout.rolled_back,
-            },
+            "rollout": None if rollout is None else {k: getattr(rollout, k) for k in shown},
             "versions": res.history.describe() if res.history is not None else [],
         }
 

@@ -30,7 +30,7 @@ def test_a_graduated_change_starts_at_five_percent_of_requests() -> None:
 
 def test_normal_cost_widens_stage_by_stage_then_promotes() -> None:
     r = Rollout.start(1, 2, 0.0, 100e-6, graduated=True, policy=POLICY)
-    shares = []
+    shares: list[float] = []
     t = 0.0
     while not r.promoted and t < 60:
         t = feed(r, t, 0.5, 200, 110e-6, 100e-6)
