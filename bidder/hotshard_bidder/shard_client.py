@@ -9,9 +9,12 @@ request, opens a new one while under the limit, else queues the request until on
 
 Rules that keep it correct:
 
-- A connection is reused only after a complete response that allows keep-alive; anything
-  else -- an error, a cancelled request (the deadline), ``Connection: close`` -- closes it, so
-  a late response can never be read as the answer to the next request.
+- A connection is reused only after a complete response that allows keep-alive; an error or
+  ``Connection: close`` closes it. A request cancelled mid-way (its deadline passed) leaves its
+  connection *draining*: out of the pool until the late answer has arrived and been thrown
+  away, then back in it (or closed if that takes over a second). So a late answer is never read
+  as another request's, and an overloaded moment -- many deadlines at once -- does not turn into
+  a storm of new connections, each costing both processes far more than a request.
 - A request that failed on a *reused* connection before a single byte of the answer arrived
   is sent once more on a new connection: the shard closed an idle connection just as we wrote
   to it, and it never saw the request.
@@ -30,6 +33,10 @@ from dataclasses import dataclass
 from typing import cast
 
 import httptools
+
+DRAIN_TIMEOUT_S = 1.0
+"""A cancelled request's answer is awaited this long before its connection is closed instead:
+twice the longest deadline, so only a shard that is stuck loses the connection."""
 
 
 class ShardConnectionError(OSError):
@@ -55,6 +62,8 @@ class _ShardConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.received = False
+        self.draining: asyncio.TimerHandle | None = None
+        """Set while the answer to a cancelled request is still to be read and thrown away."""
         self._waiter: asyncio.Future[ShardResponse] | None = None
         self._status = 0
         self._headers: dict[str, str] = {}
@@ -91,6 +100,14 @@ class _ShardConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         waiter, self._waiter = self._waiter, None
+        if self.draining is not None:
+            self.draining.cancel()
+            self.draining = None
+            if self.parser.should_keep_alive():
+                self.pool.release(self)  # the late answer is read: the stream is clean again
+            else:
+                self.close()
+            return
         if waiter is None or waiter.done():
             self.close()  # an answer nobody asked for: the stream cannot be trusted
             return
@@ -108,12 +125,22 @@ class _ShardConnection(asyncio.Protocol):
         self.transport.write(data)
         return self._waiter
 
+    def abandon(self) -> None:
+        """The request was cancelled: drain its answer before the connection is reused."""
+        if self._waiter is None:
+            self.pool.release(self)  # the answer had arrived already: nothing to drain
+            return
+        self.draining = self.pool.loop.call_later(DRAIN_TIMEOUT_S, self.close)
+
     def _fail(self, exc: Exception) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
 
     def close(self) -> None:
+        if self.draining is not None:
+            self.draining.cancel()
+            self.draining = None
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
@@ -191,14 +218,15 @@ class ShardPool:
                     # pass it on, or it would stay out of the pool for good.
                     passed = waiter.result()
                     if passed is not None:
-                        self._release(passed)
+                        self.release(passed)
                     else:
                         self._wake(None)
                 raise
             if handed is not None and not handed.closed:
                 return handed, True
 
-    def _release(self, conn: _ShardConnection) -> None:
+    def release(self, conn: _ShardConnection) -> None:
+        """``conn`` is free: hand it to a queued request, else keep it idle."""
         if conn.closed:
             return
         if not self._wake(conn):
@@ -225,9 +253,9 @@ class ShardPool:
                     continue  # NB: the shard closed this idle connection; it never saw us
                 raise
             except BaseException:
-                conn.close()  # cancelled mid-request: its late answer must not be read as another's
+                conn.abandon()  # cancelled mid-request: drain its late answer before reuse
                 raise
-            self._release(conn)
+            self.release(conn)
             return answer
         raise AssertionError("unreachable: the second attempt returns or raises")
 

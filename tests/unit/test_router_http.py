@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from hotshard_bidder import router_server
+from hotshard_bidder import router_server, shard_client
 from hotshard_bidder.router_server import Request, Response, RouterServer
 from hotshard_bidder.shard_client import ShardConnectionError, ShardPool, parse_http_url
 
@@ -210,17 +210,39 @@ async def test_a_connection_the_shard_closed_while_idle_is_replaced(
     pool.close()
 
 
-async def test_a_cancelled_request_does_not_leave_its_connection_for_reuse(
+async def test_a_cancelled_request_drains_its_late_answer_before_the_connection_is_reused(
     server: tuple[RouterServer, int],
 ) -> None:
-    _, port = server
+    srv, port = server
     pool = ShardPool("s0", "127.0.0.1", port, limit=1, keepalive=30.0)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.02):
-            await pool.post("/slow", {}, b"0.2")
-    assert (pool.open, pool.idle) == (set(), [])
-    answer = await pool.post("/echo", {}, b"after")  # a fresh connection, not the late answer
+            await pool.post("/slow", {"X-Tag": "late"}, b"0.1")
+    (draining,) = pool.open
+    assert (draining.draining is not None, pool.idle) == (True, [])
+    # the only connection is draining, so this waits for it, then reads its own answer
+    answer = await pool.post("/echo", {"X-Tag": "mine"}, b"after")
+    assert orjson.loads(answer.body)["tag"] == "mine"
+    assert pool.open == {draining}
+    assert draining.draining is None
+    assert len(srv.connections) == 1  # no new connection was opened
+    pool.close()
+
+
+async def test_a_draining_connection_is_closed_if_its_answer_never_comes(
+    server: tuple[RouterServer, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, port = server
+    monkeypatch.setattr(shard_client, "DRAIN_TIMEOUT_S", 0.02)
+    pool = ShardPool("s0", "127.0.0.1", port, limit=1, keepalive=30.0)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await pool.post("/slow", {}, b"5")
+    (draining,) = pool.open
+    answer = await pool.post("/echo", {}, b"after")  # gets the slot the closed one left
     assert orjson.loads(answer.body)["body"] == "after"
+    assert draining.closed
+    assert draining not in pool.open
     pool.close()
 
 
