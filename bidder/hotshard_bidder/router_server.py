@@ -34,6 +34,12 @@ answered in time anyway: answer 408 and close, so slow senders cannot hold a con
 MAX_PIPELINED = 16
 """Stop reading a connection that has 16 requests waiting for their answers: it is sending
 faster than we answer, and reading on would only queue without bound."""
+IDLE_TIMEOUT_S = 75.0
+"""A client connection with nothing in flight for 75 s is closed (aiohttp's default too): long
+enough for any client's keep-alive pool, short enough that abandoned connections do not pile
+up."""
+SWEEP_INTERVAL_S = 5.0
+"""How often idle connections are looked for: closing one a few seconds late costs nothing."""
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _NO_BODY = frozenset({204, 304})
 
@@ -119,6 +125,7 @@ class _Connection(asyncio.Protocol):
         self._size = 0
         self._too_large = False
         self._timer: asyncio.TimerHandle | None = None
+        self.last_active = self.loop.time()
 
     # asyncio.Protocol
 
@@ -134,6 +141,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.refusing:
             return
+        self.last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -256,7 +264,11 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    def close_if_idle(self) -> None:
+    def close_if_idle(self, since: float | None = None) -> None:
+        """Close the connection if nothing is in flight on it (and, with ``since``, it has had
+        no request since then)."""
+        if since is not None and self.last_active > since:
+            return
         if not self.busy and not self.pending and self.transport is not None:
             self.closing = True
             self.transport.close()
@@ -289,6 +301,7 @@ class RouterServer:
         # ``asyncio.get_running_loop`` costs a ``getpid`` system call each time.
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def dispatch(self, request: Request) -> Response:
         """The handler's answer; 404/405 for unknown routes; 500 if a handler raised."""
@@ -308,11 +321,23 @@ class RouterServer:
         self._server = await self.loop.create_server(
             lambda: _Connection(self), host, port, backlog=1024, reuse_address=True
         )
+        self._sweep()
         return int(self._server.sockets[0].getsockname()[1])
+
+    def _sweep(self) -> None:
+        """Close connections idle for over ``IDLE_TIMEOUT_S``; runs every ``SWEEP_INTERVAL_S``."""
+        if self.stopping:
+            return
+        since = self.loop.time() - IDLE_TIMEOUT_S
+        for connection in list(self.connections):
+            connection.close_if_idle(since)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let handlers in flight answer (up to ``grace`` s), close the rest."""
         self.stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):

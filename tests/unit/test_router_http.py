@@ -167,6 +167,19 @@ async def test_http_1_0_without_keep_alive_is_closed_after_the_answer(
     assert b"Connection: close\r\n" in answers[0]
 
 
+async def test_idle_client_connections_are_swept(
+    server: tuple[RouterServer, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv, port = server
+    monkeypatch.setattr(router_server, "IDLE_TIMEOUT_S", 0.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post("/echo", b"x"))
+    await reader.readuntil(b"\r\n\r\n")
+    srv._sweep()  # what the server runs every few seconds
+    assert await reader.read() == b'{"path":"/echo","body":"x","tag":null}'  # then EOF
+    writer.close()
+
+
 # The pools, against the same server standing in for a shard.
 
 
