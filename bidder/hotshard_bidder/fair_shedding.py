@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+RECOMMENDED_INFLIGHT_LIMIT = 4
+"""4 queued requests are ~1 ms of a full-core shard's work and ~7 ms of one under local mode's
+0.15-core quota: a calm request waits behind about that many while a surge is being cut."""
 BUCKET_S = 0.1
 """Share is measured over this bucket and the one before: short enough that a surge dominates
 it within milliseconds, long enough (at 100+ req/s per shard) to hold more than noise."""
@@ -44,9 +47,10 @@ class ShardAllowanceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HOTSHARD_ROUTER_")
 
     shard_inflight_limit: int = Field(
-        # NB: 4 queued requests are ~1 ms of a full-core shard's work and ~7 ms of one under
-        # local mode's 0.15-core quota; a calm request waits behind about that many.
-        default=4,
+        # NB: off by default, like --hot-key-limit-rps: a shard serving one campaign has it at
+        # 100% share, so tests and small fleets would see 429s they did not ask for. 4 is the
+        # value to set (RECOMMENDED_INFLIGHT_LIMIT).
+        default=0,
         ge=0,
         description="Requests in flight to one shard beyond which its dominant campaign is "
         "shed (0: off).",

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from hotshard_bidder.fair_shedding import (
     BUCKET_S,
     MIN_EVIDENCE,
+    RECOMMENDED_INFLIGHT_LIMIT,
     ShardAllowance,
     ShardAllowanceSettings,
 )
@@ -135,9 +136,9 @@ def test_a_campaign_is_judged_on_recent_buckets_only() -> None:
     assert allowance.admit(SHARD, "hot", 10.0 + BUCKET_S * 3.6) is False
 
 
-def test_zero_turns_it_off_and_settings_are_checked() -> None:
-    assert ShardAllowanceSettings(shard_inflight_limit=0).build().enabled is False
-    built = ShardAllowanceSettings().build()
+def test_it_is_off_by_default_and_settings_are_checked() -> None:
+    assert ShardAllowanceSettings().build().enabled is False
+    built = ShardAllowanceSettings(shard_inflight_limit=RECOMMENDED_INFLIGHT_LIMIT).build()
     assert (built.enabled, built.inflight_limit, built.shed_share) == (True, 4, 0.5)
     with pytest.raises(ValidationError, match="shard_shed_share"):
         ShardAllowanceSettings(shard_shed_share=1.5)
