@@ -41,6 +41,11 @@ READY_SECONDS = 30.0
 """Longest wait for Prometheus to answer ``/-/ready`` (it replays its WAL on a restart)."""
 
 
+def ordinal(shard: str) -> int:
+    """``fleet-overflow-2`` -> 2."""
+    return int(shard.rsplit("-", 1)[1])
+
+
 class ScrapingPrometheus:
     """``/usr/bin/prometheus`` on 127.0.0.1 with 1 s scrapes of a ``file_sd`` target list.
 
@@ -130,6 +135,10 @@ class StandInKubelet:
         """Other scrape targets (the router), by name."""
         self.stopped: list[str] = []
         """Shards whose process was stopped because their pod went away, in order."""
+        self.stopped_from_top: list[bool] = []
+        """For each stop: whether it was the highest ordinal of its tier still running."""
+        self.peak: dict[str, int] = {}
+        """The most replicas each tier's StatefulSet has asked for."""
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
@@ -167,15 +176,21 @@ class StandInKubelet:
 
     def sync(self) -> None:
         """Start the bidders of new pods, stop those of removed pods, republish the targets."""
-        wanted = {f"{MAP}-{t}-{i}" for t, n in self.replicas().items() for i in range(n)}
+        replicas = self.replicas()
+        wanted = {f"{MAP}-{t}-{i}" for t, n in replicas.items() for i in range(n)}
         with self._lock:
+            for tier, n in replicas.items():
+                self.peak[tier] = max(self.peak.get(tier, 0), n)
             changed = False
             for shard in sorted(wanted - set(self.bidders)):
                 self._start_bidder(shard)
                 changed = True
-            for shard in sorted(set(self.bidders) - wanted, reverse=True):
+            for shard in sorted(set(self.bidders) - wanted, key=ordinal, reverse=True):
                 self.bidders.pop(shard)[1].stop()
+                tier = shard.rsplit("-", 2)[1]
+                left = [ordinal(s) for s in self.bidders if s.rsplit("-", 2)[1] == tier]
                 self.stopped.append(shard)
+                self.stopped_from_top.append(all(ordinal(shard) > i for i in left))
                 changed = True
             if changed:
                 self.publish()

@@ -22,14 +22,16 @@ is not run here yet; local mode runs it (``tests/integration/test_advertiser_bug
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from hotshard.routing import RoutingTable, partition_of
-from hotshard.routing.configmap_store import ConfigMapRoutingStore
+from hotshard.routing.configmap_store import TABLE_KEY, ConfigMapRoutingStore
 
 from .conftest import REPO, Cluster
 from .fleet import (
@@ -46,7 +48,7 @@ from .fleet import (
     token_kubeconfig,
     uninstall_release,
 )
-from .reshard import PARTITIONS, ReshardFleet
+from .reshard import PARTITIONS, PrepareTrigger, ReshardFleet, in_prepare
 from .standins import ScrapingPrometheus, StandInKubelet
 
 SPIKE_RPS = 200.0
@@ -60,7 +62,12 @@ BACKGROUND_SECONDS = 600.0
 """An upper bound on the module's run; the load is stopped at teardown anyway."""
 COOLDOWN_SECONDS = 5.0
 """spec.scaleDown.cooldown, shortened from 15 minutes so merge-back fits in a test."""
-WARM, OVERFLOW_MAX = 1, 3
+HOLD_SECONDS = 3.0
+"""Ticks watched for a write that must not happen while Prometheus is down."""
+KILL_SPIKE_SECONDS = 30.0
+"""Long enough to outlast the SIGKILL, a kopf start-up and the restarted operator's split."""
+WRITER_LABEL = {"e2e.hotshard.io/writer": "concurrent"}
+WARM, OVERFLOW_MAX = 2, 3
 SHARD_CPU = "20m"
 
 
@@ -194,12 +201,13 @@ def test_the_stand_in_fleet_is_scraped_and_the_map_gets_ready(fleet: ReshardFlee
     obj = fleet.wait_until("Ready=True and not Degraded", ready)
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
 
-    # The warm pool: the operator adopts the overflow pod once its bidder is scraped.
+    # The warm pool: the operator adopts the overflow pods once their bidders are scraped.
     def pool() -> list[str] | None:
-        names = [s.name for s in fleet.table().shards if s.tier == "overflow"]
-        return names or None
+        names = sorted(s.name for s in fleet.table().shards if s.tier == "overflow")
+        return names if len(names) == WARM else None
 
-    assert fleet.wait_until("the warm overflow shard in the table", pool) == [f"{MAP}-overflow-0"]
+    warm = fleet.wait_until("the warm overflow shards in the table", pool)
+    assert warm == [f"{MAP}-overflow-{i}" for i in range(WARM)]
 
 
 def overflow(shards: tuple[str, ...] | list[str]) -> list[str]:
@@ -254,8 +262,6 @@ def test_after_the_cooldown_it_merges_back_and_scales_down_from_the_top(
     assert fleet.spikes
     assert fleet.spikes[0].process.proc is not None
     assert fleet.spikes[0].process.proc.poll() is not None, "the spike still runs"
-    replicas_split = fleet.overflow_replicas()
-    assert replicas_split > WARM
 
     def merged() -> RoutingTable | None:
         table = fleet.table()
@@ -268,14 +274,130 @@ def test_after_the_cooldown_it_merges_back_and_scales_down_from_the_top(
         "the overflow StatefulSet back to its warm pool",
         lambda: fleet.overflow_replicas() == WARM,
     )
-    # The StatefulSet shrank from the top: the pods that went are the highest ordinals, and
-    # every overflow shard still in the table has a pod.
-    gone = [f"{MAP}-overflow-{i}" for i in range(replicas_split - 1, WARM - 1, -1)]
+    # It had grown during the spike, and shrank from the top: every pod that went was the
+    # highest ordinal left, and every overflow shard still in the table has a pod.
+    peak = fleet.kubelet.peak["overflow"]
+    assert peak > WARM
+    gone = [f"{MAP}-overflow-{i}" for i in range(peak - 1, WARM - 1, -1)]
     fleet.wait_until(
-        "the stand-ins of the removed pods stopped", lambda: fleet.kubelet.stopped == gone
+        "the removed pods' stand-ins stopped", lambda: set(gone) <= set(fleet.kubelet.stopped)
     )
+    overflow_stops = [
+        top
+        for shard, top in zip(fleet.kubelet.stopped, fleet.kubelet.stopped_from_top, strict=True)
+        if shard.startswith(f"{MAP}-overflow-")
+    ]
+    assert all(overflow_stops), (fleet.kubelet.stopped, fleet.kubelet.stopped_from_top)
     table = fleet.table()
     ordinals = [int(s.name.rsplit("-", 1)[1]) for s in table.shards if s.tier == "overflow"]
     assert all(i < WARM for i in ordinals), ordinals
     reasons = [reason for reason, _ in fleet.events()]
     assert "ScaledDown" in reasons, reasons
+
+
+def test_with_prometheus_stopped_it_holds_degraded_and_recovers(fleet: ReshardFleet) -> None:
+    fleet.prometheus.stop()
+    try:
+
+        def degraded() -> dict[str, Any] | None:
+            found = condition(fleet.read_map(), "Degraded")
+            return found if found and found["status"] == "True" else None
+
+        found = fleet.wait_until("Degraded=True", degraded)
+        assert found["reason"]
+        assert "prometheus" in found["message"].lower(), found
+        table, token = fleet.store().read()
+        replicas = fleet.kubelet.replicas()
+        # Blind, it holds still: a few ticks later neither the table nor any tier has moved.
+        time.sleep(HOLD_SECONDS)
+        assert fleet.store().read()[1] == token
+        assert fleet.kubelet.replicas() == replicas
+        assert is_true(fleet.read_map(), "Degraded")
+    finally:
+        fleet.prometheus.start()
+
+    def recovered() -> dict[str, Any] | None:
+        obj = fleet.read_map()
+        found = condition(obj, "Degraded")
+        return obj if found and found["status"] == "False" else None
+
+    obj = fleet.wait_until("Degraded=False after Prometheus is back", recovered)
+    assert is_true(obj, "Ready")
+    assert fleet.table().version >= table.version
+
+
+def test_a_concurrent_write_mid_handover_makes_the_operator_replan(fleet: ReshardFleet) -> None:
+    campaign = "spike-b"
+    writes: list[int] = []
+
+    def write(table: RoutingTable, token: str) -> None:
+        """Someone else's write while the operator waits in prepare: a new version of the
+        same routes, and a label, in one compare-and-swap."""
+        bumped = table.with_owners(table.owners(), version=table.version + 1)
+        obj = fleet.core.read_namespaced_config_map(f"{MAP}-routing", fleet.namespace)
+        obj.metadata.resource_version = token
+        obj.metadata.labels = {**(obj.metadata.labels or {}), **WRITER_LABEL}
+        obj.data[TABLE_KEY] = bumped.to_json()
+        fleet.core.replace_namespaced_config_map(f"{MAP}-routing", fleet.namespace, obj)
+        writes.append(bumped.version)
+
+    with PrepareTrigger(fleet.store(), write) as trigger:
+        spike = fleet.spike(campaign, SPIKE_RPS, SPIKE_SECONDS)
+        fleet.wait_until("a hand-over in prepare, and the concurrent write", lambda: writes)
+
+        def settled() -> RoutingTable | None:
+            table = fleet.table()
+            served = overflow(fleet.serving(campaign, table))
+            return table if served and not table.migrations and table.version > writes[0] else None
+
+        table = fleet.wait_until(f"{campaign} on overflow, planned after the write", settled)
+    assert trigger.error is None, trigger.error
+    # Nothing was overwritten: versions only rose, the writer's among them, and its label stays.
+    history = trigger.history
+    assert history == sorted(set(history)), history
+    assert writes[0] in history
+    labels = fleet.core.read_namespaced_config_map(f"{MAP}-routing", fleet.namespace)
+    assert WRITER_LABEL.items() <= (labels.metadata.labels or {}).items()
+    assert table.version > writes[0]
+    # The operator's answer was planned on the writer's table: its Events name later versions.
+    answered = [
+        int(m.group(1))
+        for reason, message in fleet.events()
+        if reason.startswith("Split") and (m := re.match(r"v(\d+):", message))
+    ]
+    assert max(answered) > writes[0], fleet.events()
+    report = spike.report()
+    assert report["lost"] == 0, report["timeline"]
+
+
+def test_an_operator_killed_mid_handover_converges_on_restart(fleet: ReshardFleet) -> None:
+    campaign = "spike-c"
+    killed: list[RoutingTable] = []
+
+    def kill(table: RoutingTable, token: str) -> None:
+        fleet.operator.kill()
+        killed.append(table)
+
+    with PrepareTrigger(fleet.store(), kill) as trigger:
+        spike = fleet.spike(campaign, SPIKE_RPS, KILL_SPIKE_SECONDS)
+        fleet.cluster.wait_until("a hand-over in prepare, and the SIGKILL", lambda: killed)
+    assert trigger.error is None, trigger.error
+    # Left as the dead operator left it: mid-migration.
+    assert in_prepare(fleet.table())
+    fleet.operator = operator_process(
+        fleet.namespace, fleet.operator.kubeconfig, fleet.workdir / "operator.log"
+    ).start()
+
+    def converged() -> tuple[RoutingTable, dict[str, Any]] | None:
+        table, obj = fleet.table(), fleet.read_map()
+        if table.migrations or not is_true(obj, "Ready"):
+            return None
+        return table, obj
+
+    table, obj = fleet.wait_until("no half-done migration and Ready=True", converged)
+    assert table.version > killed[0].version
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    reasons = [reason for reason, _ in fleet.events()]
+    assert "SplitRolledBack" in reasons, reasons
+    report = spike.report()
+    assert report["lost"] == 0, report["timeline"]
