@@ -10,7 +10,8 @@ shards. It then searches upward for the highest rate each keeps p99 under 10 ms 
 All three configurations share the same two shard processes. Each shard reads its own routing
 table in which it owns every partition, so it accepts whatever HAProxy's hash sends it; the
 router reads the real table (partitions split evenly between the shards). Runs are interleaved
-(direct, HAProxy, router at each rate) so background noise on this shared box hits all three.
+(direct, HAProxy, router at each rate, ``--repeats`` times) so background noise on this shared
+box hits all three, and each cell of the table is the run with the median p99.
 
 Writes ``bench/results/dataplane.json`` and ``bench/results/dataplane.md``.
 """
@@ -112,6 +113,19 @@ def service_pid(service: ServiceProcess) -> int:
     return service.proc.pid
 
 
+def median_run(tries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median p99 of ``tries``, carrying every try's p99 and errors.
+
+    NB: on a shared machine a burst of someone else's work can wreck one 10 s run of any of the
+    three configurations; the median of interleaved runs is what the servers themselves did.
+    """
+    ranked = sorted(tries, key=lambda r: (r["p99_ms"], r["errors"]))
+    median = dict(ranked[(len(ranked) - 1) // 2])
+    median["p99_runs_ms"] = [r["p99_ms"] for r in tries]
+    median["errors_runs"] = [r["errors"] for r in tries]
+    return median
+
+
 def passes(run: dict[str, Any]) -> bool:
     return bool(run["p99_ms"] < P99_GOAL_MS and run["errors"] == 0)
 
@@ -149,11 +163,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         f"Measured {result['when']} on {result['machine']['cpus']} CPUs (load average "
         f"{result['machine']['load_avg_1m']:.1f} at start) with `{result['command']}`; "
-        f"{result['seconds']:g} s per fixed rate, open loop, latency from the intended send time.",
+        f"{result['seconds']:g} s per run, open loop, latency from the intended send time; "
+        f"{result.get('repeats', 1)} interleaved runs per rate and configuration, the row is "
+        "the run with the median p99 (every run's p99 in the last column).",
         "",
         "| rate | config | p50 ms | p99 ms | p999 ms | max ms | errors | lost | not sent "
-        "| gen lag p99 ms |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| gen lag p99 ms | p99 of each run |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for rate in result["rates"]:
         for config in CONFIGS:
@@ -161,7 +177,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             lines.append(
                 f"| {rate} | {config} | {r['p50_ms']} | {r['p99_ms']} | {r['p999_ms']} | "
                 f"{r['max_ms']} | {r['errors']} | {r['lost']} | {r['not_sent']} | "
-                f"{r['generator_lag_p99_ms']}{' (behind)' if r['generator_fell_behind'] else ''} |"
+                f"{r['generator_lag_p99_ms']}{' (behind)' if r['generator_fell_behind'] else ''} | "
+                f"{' / '.join(f'{x:.1f}' for x in r.get('p99_runs_ms', [r['p99_ms']]))} |"
             )
     lines += ["", "| rate | router p99 / HAProxy p99 | router overhead / HAProxy overhead |"]
     lines += ["| ---: | ---: | ---: |"]
@@ -208,7 +225,7 @@ def ratio(a: float, b: float) -> float | None:
 
 
 def run_benchmark(
-    rates: tuple[int, ...], seconds: float, search_steps: int, seed: int
+    rates: tuple[int, ...], seconds: float, search_steps: int, seed: int, repeats: int = 1
 ) -> dict[str, Any]:
     runs: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in CONFIGS}
     with (
@@ -243,19 +260,24 @@ def run_benchmark(
         for config in CONFIGS:  # warm every path (connections, caches) before measuring
             measure(targets[config], 200, 1.0, seed)
         for rate in rates:
+            tries: dict[str, list[dict[str, Any]]] = {c: [] for c in CONFIGS}
+            for _ in range(repeats):
+                for config in CONFIGS:
+                    time.sleep(PAUSE_S)
+                    run = measure(targets[config], rate, seconds, seed, pids)
+                    tries[config].append(run)
+                    print(
+                        f"{config:8} {rate:5} rps  p99 {run['p99_ms']:7} ms  "
+                        f"errors {run['errors']}",
+                        flush=True,
+                    )
             for config in CONFIGS:
-                time.sleep(PAUSE_S)
-                run = measure(targets[config], rate, seconds, seed, pids)
-                runs[config][str(rate)] = run
-                print(
-                    f"{config:8} {rate:5} rps  p99 {run['p99_ms']:7} ms  errors {run['errors']}",
-                    flush=True,
-                )
+                runs[config][str(rate)] = median_run(tries[config])
         highest: dict[str, int | None] = {}
         searched: dict[str, list[dict[str, Any]]] = {}
         for config in CONFIGS:
             highest[config], searched[config] = search_highest(
-                targets[config], list(runs[config].values()), search_steps, seconds / 2, seed
+                targets[config], list(runs[config].values()), search_steps, seconds, seed
             )
             print(
                 f"{config:8} highest rate with p99 < {P99_GOAL_MS} ms: {highest[config]}",
@@ -270,6 +292,7 @@ def run_benchmark(
     return {
         "rates": list(rates),
         "seconds": seconds,
+        "repeats": repeats,
         "runs": runs,
         "search_runs": searched,
         "highest_rate_p99_under_10ms": highest,
@@ -288,15 +311,21 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.dataplane", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--rates", default=",".join(map(str, RATES)), help="comma-separated rps")
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per fixed-rate run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per fixed-rate run")
     parser.add_argument("--search-steps", type=int, default=2, help="extra runs per config")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="interleaved runs per rate and config; the table shows the median-p99 run",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rates = tuple(sorted(int(r) for r in args.rates.split(",")))
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     load = os.getloadavg()[0]
-    result = run_benchmark(rates, args.seconds, args.search_steps, args.seed)
+    result = run_benchmark(rates, args.seconds, args.search_steps, args.seed, args.repeats)
     result = {
         "when": started,
         "command": "python -m bench.dataplane "
