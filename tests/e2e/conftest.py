@@ -3,8 +3,10 @@
 The operator is only as good as its behaviour against a real API server (schema and CEL
 validation, RBAC, watches, garbage collection), so these tests talk to one. Two sources:
 
-* ``KUBECONFIG`` set and reachable: an existing cluster (kind, k3d, a real one); nothing is
-  started or stopped, and tests only create uniquely named namespaces, plus the CRD.
+* ``KUBECONFIG`` set: an existing cluster (kind, k3d, a real one); nothing is built, started
+  or stopped (an unreachable one fails the session), and tests only create uniquely named
+  namespaces, plus the CRD if there is none. Pods there really run, so the scenarios that need
+  Ready bidder pods need an image the cluster can run: ``HOTSHARD_E2E_IMAGE`` (docs/e2e.md).
 * otherwise the local control plane of ``e2e/cluster.sh`` (etcd, kube-apiserver,
   kube-controller-manager, kube-scheduler and kwok on 127.0.0.1), started for the session in a
   temporary directory and stopped by process id afterwards. Its binaries are built once by
@@ -117,10 +119,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A reachable Kubernetes API for the whole session (see the module docstring)."""
     existing = os.environ.get("KUBECONFIG")
     if existing:
+        # NB: set means "this cluster": never fall back to building and starting a local one.
         api = reach(Path(existing))
-        if api is not None:
-            yield Cluster(Path(existing), api, local=False)
-            return
+        if api is None:
+            pytest.fail(
+                f"KUBECONFIG={existing} does not reach an API server; unset KUBECONFIG to run "
+                "the suite on the local control plane instead"
+            )
+        yield Cluster(Path(existing), api, local=False)
+        return
     if not binaries_built():
         if os.environ.get(BUILD_ENV) != "1":
             pytest.skip(

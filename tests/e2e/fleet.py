@@ -34,10 +34,28 @@ RELEASE = "hotshard"  # the chart names things `hotshard-*` for this release nam
 MAP = "fleet"  # the chart's router.partitionMap default: its RBAC names `fleet-routing`
 OPERATOR_ACCOUNT = f"{RELEASE}-operator"
 ROUTER_ACCOUNT = f"{RELEASE}-router"
+IMAGE_ENV = "HOTSHARD_E2E_IMAGE"
+PLACEHOLDER_IMAGE = "example.invalid/hotshard:e2e"
 TOKEN_SECONDS = 3600
 """Lifetime of the ServiceAccount tokens: longer than any session, short enough to expire."""
 STOP_SECONDS = 10.0
 """Grace given to a hotshard process on SIGTERM before SIGKILL; kopf stops in 1-3 s."""
+
+
+def bidder_image(cluster: Cluster) -> str:
+    """The bidder image of the tests' PartitionMaps.
+
+    Under kwok nothing is pulled, so a name that can never resolve proves it. On an existing
+    cluster pods really start: ``HOTSHARD_E2E_IMAGE`` must name an image it can run (built
+    from the repository's Dockerfile and loaded there, docs/e2e.md), else the tests that need
+    Ready pods skip.
+    """
+    image = os.environ.get(IMAGE_ENV)
+    if image:
+        return image
+    if not cluster.local:
+        pytest.skip(f"set {IMAGE_ENV} to a hotshard image this cluster can run (docs/e2e.md)")
+    return PLACEHOLDER_IMAGE
 
 
 def pinned_versions() -> dict[str, str]:

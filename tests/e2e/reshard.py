@@ -109,9 +109,11 @@ class ReshardFleet:
         return [(e.reason, e.message or "") for e in found]
 
     def stop(self) -> None:
-        """Stop the spikes still running (the fixture stops everything else)."""
+        """Stop the spikes still running and the operator (a scenario may have replaced it);
+        the fixture stops everything else."""
         for spike in self.spikes:
             spike.stop()
+        self.operator.stop()
 
     def check(self) -> None:
         """Fail at once, with its log, if a process the scenario needs has exited."""

@@ -16,6 +16,7 @@ operator killed mid-migration, Prometheus stopped and restarted, and merge-back 
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ from hotshard.routing.configmap_store import TABLE_KEY, ConfigMapRoutingStore
 from .conftest import Cluster
 from .fleet import (
     GROUP,
+    IMAGE_ENV,
     MAP,
     OPERATOR_ACCOUNT,
+    PLACEHOLDER_IMAGE,
     PLURAL,
     ROUTER_ACCOUNT,
     VERSION,
     LocalProcess,
+    bidder_image,
     client_for,
     condition,
     create_map,
@@ -51,11 +55,11 @@ TIERS = {"base": 2, "overflow": 1, "sandbox": 1}
 """Replicas per tier of the test map: small, and every tier present."""
 
 
-def fleet_spec(prometheus_port: int) -> dict[str, Any]:
+def fleet_spec(prometheus_port: int, image: str = PLACEHOLDER_IMAGE) -> dict[str, Any]:
     return {
         "virtualPartitions": 64,
         "bidder": {
-            "image": "example.invalid/hotshard:e2e",  # never pulled under kwok
+            "image": image,  # under kwok never pulled
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
         },
         "tiers": {
@@ -109,7 +113,8 @@ def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     kubeconfig = token_kubeconfig(cluster, namespace, OPERATOR_ACCOUNT, workdir / "operator.kcfg")
     operator = operator_process(namespace, kubeconfig, workdir / "operator.log").start()
     try:
-        uid = create_map(cluster, namespace, fleet_spec(free_port()))
+        image = os.environ.get(IMAGE_ENV, PLACEHOLDER_IMAGE)
+        uid = create_map(cluster, namespace, fleet_spec(free_port(), image))
         yield Fleet(cluster, namespace, workdir, operator, uid)
     finally:
         operator.stop()
@@ -157,6 +162,7 @@ def test_children_appear_with_owner_references(fleet: Fleet) -> None:
 
 
 def test_pods_get_ready_and_status_says_ready_for_this_generation(fleet: Fleet) -> None:
+    bidder_image(fleet.cluster)  # skips on an existing cluster without an image it can run
     apps = client.AppsV1Api(fleet.cluster.api)
 
     def tiers_ready() -> dict[str, int] | None:
@@ -279,7 +285,7 @@ def test_the_charts_crd_refuses_bad_maps(
 ) -> None:
     spec = {**fleet_spec(free_port()), **change}
     if "bidder" not in change:
-        spec["bidder"] = {"image": "example.invalid/hotshard:e2e"}
+        spec["bidder"] = {"image": PLACEHOLDER_IMAGE}
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PartitionMap",

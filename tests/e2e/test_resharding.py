@@ -39,6 +39,7 @@ from .fleet import (
     OPERATOR_ACCOUNT,
     ROUTER_ACCOUNT,
     LocalProcess,
+    bidder_image,
     condition,
     create_map,
     discard_map,
@@ -71,11 +72,11 @@ WARM, OVERFLOW_MAX = 2, 3
 SHARD_CPU = "20m"
 
 
-def reshard_spec(prometheus_url: str) -> dict[str, Any]:
+def reshard_spec(prometheus_url: str, image: str) -> dict[str, Any]:
     return {
         "virtualPartitions": PARTITIONS,
         "bidder": {
-            "image": "example.invalid/hotshard:e2e",  # never pulled under kwok
+            "image": image,
             # NB: the engine moves a hot spot only when it would push its shard past 70% of
             # capacity, which is the CPU limit; 20 millicores is what the spike's ~200 req/s of
             # ~100 us bids use, so it overloads one shard while the background stays under 10%.
@@ -100,11 +101,14 @@ def reshard_spec(prometheus_url: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReshardFleet]:
     """Prometheus, the chart, the operator, the map, its stand-in bidders, a router, a load."""
+    image = bidder_image(cluster)  # skips on an existing cluster without an image to run
     workdir = tmp_path_factory.mktemp("reshard")
-    prometheus = ScrapingPrometheus(workdir / "prometheus").start()
-    namespace = cluster.new_namespace("reshard")
+    prometheus = ScrapingPrometheus(workdir / "prometheus")
     started: list[Any] = [prometheus]
+    namespace: str | None = None
     try:
+        prometheus.start()
+        namespace = cluster.new_namespace("reshard")
         install_release(cluster, namespace)
         op_kcfg = token_kubeconfig(cluster, namespace, OPERATOR_ACCOUNT, workdir / "op.kcfg")
         # NB: bidders need what routers need (get/watch the routing ConfigMap); the chart has
@@ -112,7 +116,7 @@ def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         svc_kcfg = token_kubeconfig(cluster, namespace, ROUTER_ACCOUNT, workdir / "svc.kcfg")
         operator = operator_process(namespace, op_kcfg, workdir / "operator.log").start()
         started.append(operator)
-        uid = create_map(cluster, namespace, reshard_spec(prometheus.url))
+        uid = create_map(cluster, namespace, reshard_spec(prometheus.url, image))
         store = ConfigMapRoutingStore(_core(cluster), namespace, f"{MAP}-routing")
         cluster.wait_until("the routing ConfigMap", lambda: _readable(store))
         kubelet = StandInKubelet(cluster.api, namespace, svc_kcfg, workdir, prometheus).start()
@@ -156,8 +160,9 @@ def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         for thing in reversed(started):
             thing.stop()
-        discard_map(cluster, namespace)
-        uninstall_release(cluster, namespace)
+        if namespace is not None:
+            discard_map(cluster, namespace)
+            uninstall_release(cluster, namespace)
 
 
 def _core(cluster: Cluster) -> Any:
