@@ -186,13 +186,25 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 for strategy in rotated(strategies, round_):
                     done += 1
                     print(f"\n== [{done}/{total}] {name}: {strategy.value} (round {round_ + 1})")
-                    summary = await run_one(name, plan, strategy, quick, Path(tmp), view)
+                    # NB: a pass's directory holds its routing file: one per round, never reused.
+                    workdir = Path(tmp) / f"round-{round_ + 1}"
+                    summary = await run_one(name, plan, strategy, quick, workdir, view)
                     results["scenarios"][name]["passes"][strategy.value].append(summary)
+            if args.repeat > 1:  # a crash in a later round keeps the rounds already run
+                write_results(finish(results, args, started, load_before), args.out)
+    return finish(results, args, started, load_before)
+
+
+def finish(
+    results: dict[str, Any], args: argparse.Namespace, started: float, load_before: float
+) -> dict[str, Any]:
+    """The verdicts and the run's description, for the passes run so far."""
     for scenario in results["scenarios"].values():
         scenario["verdict"] = judge(scenario["passes"])
+    rounds = min(len(p) for sc in results["scenarios"].values() for p in sc["passes"].values())
     results["run"] = {
         "command": " ".join(["python -m bench.strategies", *sys.argv[1:]]),
-        "repeat": args.repeat,
+        "repeat": rounds,
         "cores": os.cpu_count(),
         "load_before": load_before,
         "load_after": round(os.getloadavg()[0], 2),
