@@ -264,7 +264,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--shard-shed-share",
         type=float,
         help="share of a shard's recent requests a campaign must hold to be shed there "
-        "(default 0.5)",
+        "(default 0.25)",
     )
 
 

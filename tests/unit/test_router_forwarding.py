@@ -10,7 +10,7 @@ import pytest
 from hotshard.routing import RoutingSnapshot
 from hotshard.routing.store import SnapshotHolder
 from hotshard.routing.table import RoutingTable, Shard
-from hotshard_bidder.fair_shedding import ShardAllowance
+from hotshard_bidder.fair_shedding import USUAL_HORIZON_S, ShardAllowance
 from hotshard_bidder.forwarding import ESTIMATE_HEADER, Forwarder
 from hotshard_bidder.router_metrics import RouterMetrics
 from hotshard_bidder.router_server import Request, Response, RouterServer
@@ -151,8 +151,10 @@ async def test_an_overrun_shard_sheds_the_dominant_campaign_without_sending_it(
     scripted, port = shard
     allowance = ShardAllowance(inflight_limit=1, shed_share=0.5)
     forwarder, _ = forwarder_to(port, allowance)
+    # the router has known s0 for a while (its usual rates are learnt): camp-1 is new there
+    allowance.admit("s0", "another", forwarder.loop.time() - USUAL_HORIZON_S)
     await forward(forwarder)
-    await forward(forwarder)  # camp-1 now holds every recent request of s0
+    await forward(forwarder)  # camp-1 now holds nearly every recent request of s0
     allowance.sent("s0")  # something else holds the shard's one slot
     status, headers, _ = await forward(forwarder)
     assert (status, headers["Retry-After"]) == (429, "1")
