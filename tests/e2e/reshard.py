@@ -1,12 +1,14 @@
-"""The resharding scenarios' fleet: what one test needs to drive traffic and read the outcome.
+"""The resharding scenarios' fleet: start it, drive traffic at it, and read the outcome.
 
-:class:`ReshardFleet` gathers the processes of ``test_resharding.py`` (operator, router,
-stand-in bidders, Prometheus) and the reads its assertions are made of: the PartitionMap's
-status, the routing table in the ConfigMap, the shards serving a campaign, the Events the
-operator posted. :class:`Spike` runs one bounded load of a single named campaign through the
-router in a process of its own. :class:`PrepareTrigger` watches the ConfigMap and acts the
-moment a hand-over is in its *prepare* phase, which is how the scenarios land a concurrent
-write or a SIGKILL in the middle of a migration rather than before or after it.
+:func:`run_fleet` starts what ``test_resharding.py`` and ``test_advertiser_bug.py`` share (Debian's
+Prometheus, the chart, the operator with the chart's token, one PartitionMap, its stand-in
+bidders, a router, a steady background load) and removes it all on the way out.
+:class:`ReshardFleet` gathers those processes and the reads assertions are made of: the
+PartitionMap's status, the routing table in the ConfigMap, the shards serving a campaign, the
+Events the operator posted. :class:`Spike` runs one bounded load of a single named campaign
+through the router in a process of its own. :class:`PrepareTrigger` watches the ConfigMap and
+acts the moment a hand-over is in its *prepare* phase, which is how the scenarios land a
+concurrent write or a SIGKILL in the middle of a migration rather than before or after it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,30 @@ from hotshard.routing import MigrationPhase, RoutingSnapshot, RoutingTable
 from hotshard.routing.configmap_store import ConfigMapRoutingStore
 
 from .conftest import REPO, Cluster
-from .fleet import MAP, LocalProcess, read_map
+from .fleet import (
+    MAP,
+    OPERATOR_ACCOUNT,
+    ROUTER_ACCOUNT,
+    LocalProcess,
+    bidder_image,
+    create_map,
+    discard_map,
+    free_port,
+    install_release,
+    operator_process,
+    read_map,
+    token_kubeconfig,
+    uninstall_release,
+)
 from .standins import ScrapingPrometheus, StandInKubelet
 
 PARTITIONS = 64
+BACKGROUND_RPS = 20
+"""Steady traffic over the 100 Wikipedia campaigns, so partitions have baselines to beat."""
+BACKGROUND_SECONDS = 600.0
+"""An upper bound on the module's run; the load is stopped at teardown anyway."""
+COOLDOWN_SECONDS = 5.0
+"""spec.scaleDown.cooldown, shortened from 15 minutes so merge-back fits in a test."""
 SPIKE_GRACE_SECONDS = 30.0
 """Past its duration, how long a spike's load generator may take to write its report (start-up
 loads the corpus, the end waits one client timeout)."""
@@ -157,6 +180,123 @@ class ReshardFleet:
         spike = Spike(process, out, duration)
         self.spikes.append(spike)
         return spike
+
+
+WARM, OVERFLOW_MAX = 2, 4
+"""The overflow tier: two warm shards, and room to refill the pool while a spike holds two or
+three (the engine splits 200 req/s over 2-3 shards of 20 millicores, depending on the measured
+cost), so that after the merge the engine's learnt pool target is below the peak and the
+StatefulSet shrinks."""
+SHARD_CPU = "20m"
+
+
+def reshard_spec(prometheus_url: str, image: str, shard_cpu: str = SHARD_CPU) -> dict[str, Any]:
+    return {
+        "virtualPartitions": PARTITIONS,
+        "bidder": {
+            "image": image,
+            # NB: the engine moves a hot spot only when it would push its shard past 70% of
+            # capacity, which is the CPU limit; 20 millicores is what the spike's ~200 req/s of
+            # ~100 us bids use, so it overloads one shard while the background stays under 10%.
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "16Mi"},
+                "limits": {"cpu": shard_cpu, "memory": "256Mi"},
+            },
+        },
+        "tiers": {
+            "base": {"replicas": 2},
+            "overflow": {"warm": WARM, "maximum": OVERFLOW_MAX},
+            "sandbox": {"replicas": 1},
+        },
+        # 50 req/s floor: the background's busiest partition stays well under it.
+        "detection": {"interval": 1, "window": 10, "factor": 3, "floor": 50, "sustain": 3},
+        "scaleDown": {"cooldown": COOLDOWN_SECONDS},
+        "budget": {"maxShards": 8},
+        "metrics": {"prometheusUrl": prometheus_url, "staleAfter": 5},
+    }
+
+
+@contextmanager
+def run_fleet(
+    cluster: Cluster,
+    workdir: Path,
+    bidder_args: tuple[str, ...] = (),
+    shard_cpu: str = SHARD_CPU,
+) -> Iterator[ReshardFleet]:
+    """Prometheus, the chart, the operator, the map (bidders' CPU limit ``shard_cpu``), its
+    stand-in bidders (with ``bidder_args``), a router, a load; everything stopped and removed
+    on the way out."""
+    image = bidder_image(cluster)  # skips on an existing cluster without an image to run
+    prometheus = ScrapingPrometheus(workdir / "prometheus")
+    started: list[Any] = [prometheus]
+    namespace: str | None = None
+    try:
+        prometheus.start()
+        namespace = cluster.new_namespace("reshard")
+        install_release(cluster, namespace)
+        op_kcfg = token_kubeconfig(cluster, namespace, OPERATOR_ACCOUNT, workdir / "op.kcfg")
+        # NB: bidders need what routers need (get/watch the routing ConfigMap); the chart has
+        # no bidder account of its own yet.
+        svc_kcfg = token_kubeconfig(cluster, namespace, ROUTER_ACCOUNT, workdir / "svc.kcfg")
+        operator = operator_process(namespace, op_kcfg, workdir / "operator.log").start()
+        started.append(operator)
+        uid = create_map(cluster, namespace, reshard_spec(prometheus.url, image, shard_cpu))
+        store = ConfigMapRoutingStore(client.CoreV1Api(cluster.api), namespace, f"{MAP}-routing")
+        cluster.wait_until("the routing ConfigMap", lambda: _readable(store))
+        kubelet = StandInKubelet(
+            cluster.api, namespace, svc_kcfg, workdir, prometheus, bidder_args
+        ).start()
+        started.append(kubelet)
+        port = free_port()
+        router = LocalProcess(
+            "router",
+            [
+                *("router", "--host", "127.0.0.1", "--port", str(port)),
+                *("--routing-configmap", f"{namespace}/{MAP}-routing"),
+            ],
+            svc_kcfg,
+            workdir / "router.log",
+            program=[
+                sys.executable,
+                str(REPO / "tests" / "e2e" / "svc_resolver.py"),
+                str(kubelet.ports_file),
+                "--log-level=INFO",
+            ],
+        ).start()
+        started.append(router)
+        router_url = f"http://127.0.0.1:{port}"
+        kubelet.extra["router"] = router_url
+        kubelet.publish()
+        background = LocalProcess(
+            "background",
+            [
+                *("loadgen", "--target", f"{router_url}/openrtb2/auction"),
+                *("--keys", "wikipedia", "--profile", f"constant:{BACKGROUND_RPS}"),
+                *("--duration", str(BACKGROUND_SECONDS)),
+            ],
+            None,
+            workdir / "background.log",
+        ).start()
+        started.append(background)
+        fleet = ReshardFleet(
+            cluster, namespace, workdir, operator, router, router_url, kubelet, prometheus, uid
+        )
+        started.append(fleet)
+        yield fleet
+    finally:
+        for thing in reversed(started):
+            thing.stop()
+        if namespace is not None:
+            discard_map(cluster, namespace)
+            uninstall_release(cluster, namespace)
+
+
+def _readable(store: ConfigMapRoutingStore) -> bool:
+    try:
+        store.read()
+    except Exception:
+        return False
+    return True
 
 
 def in_prepare(table: RoutingTable) -> bool:

@@ -122,8 +122,10 @@ class StandInKubelet:
         kubeconfig: Path,
         workdir: Path,
         prometheus: ScrapingPrometheus,
+        bidder_args: tuple[str, ...] = (),
     ) -> None:
         self.apps = client.AppsV1Api(api)
+        self.bidder_args = bidder_args
         self.namespace = namespace
         self.kubeconfig = kubeconfig
         self.workdir = workdir
@@ -168,6 +170,7 @@ class StandInKubelet:
             [
                 *("bidder", "--shard", shard, "--host", "127.0.0.1", "--port", str(port)),
                 *("--routing-configmap", f"{self.namespace}/{MAP}-routing"),
+                *self.bidder_args,
             ],
             self.kubeconfig,
             self.workdir / f"{shard}.log",
