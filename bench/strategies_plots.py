@@ -57,7 +57,7 @@ def plot_scenario(name: str, scenario: Mapping[str, Any], out: Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="upper right", fontsize="small")
-    axes[0].set_title(f"{name}: strategies side by side (spike shaded)")
+    axes[0].set_title(f"{name}: strategies side by side (the `during` phase shaded)")
     axes[-1].set_xlabel("seconds since the first request")
     fig.tight_layout()
     path = out / f"strategies-{name}.png"
