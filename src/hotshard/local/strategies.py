@@ -206,6 +206,8 @@ class HpaEngine:
     pool target asks the fleet for the shards still missing or lets it stop the idle ones.
     """
 
+    # TODO(#8): a scale-out's hand-over has run only in unit tests: in neither bench scenario
+    # does one saturated shard of three lift the mean CPU over the 50 % target.
     def __init__(self, autoscaler: HpaAutoscaler, shard_cores: float) -> None:
         self.autoscaler = autoscaler
         self.shard_cores = shard_cores
