@@ -100,6 +100,31 @@ def test_a_calendar_event_splits_its_campaign_a_lead_time_ahead() -> None:
     assert all(shard_loads[n].rate < 1400 for n in split.target)
 
 
+def test_a_calendar_event_is_sized_from_the_usual_rate_not_one_noisy_second() -> None:
+    name = "election-night"
+    p = partition_of(name, V)
+    event = CalendarEvent(
+        name="results", start=100.0, end=400.0, campaigns=(name,), expected_factor=1000.0
+    )
+    engine = Engine(EngineConfig(prediction=PredictionConfig(calendar=(event,))))
+    table = fleet()
+    rates = [10.0] * V
+    rates[p] = 3.0  # the partition's (and so the campaign's) usual rate
+    # The router's last-second count of the campaign reads 4x its usual rate.
+    campaigns = [CampaignLoad(name, p, rate=12.0, cpu=0.0)]
+    for t in range(60):
+        obs = model_observation(float(t), table, loads(rates), campaigns)
+        decision = engine.step(obs, table, PoolState.from_table(table))
+        split = next((a for a in decision.actions if a.kind == "split"), None)
+        if split is not None:
+            # 3 req/s x 1000 = 3000 req/s = 1.5 shards: 3 ways (12 req/s would have made 9).
+            assert (split.campaign, len(split.target)) == (name, 3)
+            assert "1000x its 3 req/s" in split.reason
+            return
+        table = decision.table or table
+    pytest.fail("the calendar event never split its campaign")
+
+
 def test_warm_pool_recommendation_prices_idle_shards_against_cold_starts() -> None:
     cost = CostConfig()  # 0.10/shard-hour, 60 s cold start at 0.50 per shard-second
     # Spikes needing 1, 2 and 4 shards, 0.5 an hour: each missing shard costs 30 per spike.

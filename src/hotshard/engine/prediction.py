@@ -210,8 +210,11 @@ def calendar_hot_spots(
         for name in sorted(event.campaigns):
             p = partition_of(name, partitions)
             seen = campaigns.get((p, name))
-            rate = seen.rate if seen else float(baseline_rate[p])
-            cpu = seen.cpu if seen else float(baseline_cpu[p])
+            # NB: the event multiplies the campaign's *usual* rate: its partition's baseline
+            # bounds it, since one second's count of a campaign at 0.3 req/s reads 1-2 req/s
+            # (3-6x too big) and once the event is under way that count has the surge in it.
+            rate = _usual(seen.rate if seen else None, float(baseline_rate[p]))
+            cpu = _usual(seen.cpu if seen else None, float(baseline_cpu[p]))
             load = shard_units(rate, cpu, planning) * event.expected_factor
             when = "under way" if now >= event.start else f"starts in {event.start - now:.0f} s"
             reason = (
@@ -222,3 +225,10 @@ def calendar_hot_spots(
                 HotSpot(p, name, "calendar", load / planning.target_utilisation, reason, load)
             )
     return spots
+
+
+def _usual(seen: float | None, baseline: float) -> float:
+    """The smaller of a campaign's last-second figure and its partition's baseline, if known."""
+    if seen is None or seen <= 0:
+        return baseline
+    return min(seen, baseline) if baseline > 0 else seen

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -89,8 +89,12 @@ class ServiceProcess:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "hotshard.cli", *self.args]
 
-    def start(self) -> ServiceProcess:
-        """Start the process and wait until its ``/readyz`` answers 200."""
+    def start(self, on_spawn: Callable[[int], None] | None = None) -> ServiceProcess:
+        """Start the process and wait until its ``/readyz`` answers 200.
+
+        ``on_spawn`` gets the new process id before the wait (to put it under a CPU quota while
+        it starts, say); if it raises, the process is stopped.
+        """
         if self.proc is not None:
             raise ServiceError(f"{self.name} is already started")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,8 @@ class ServiceProcess:
                 start_new_session=True,  # its own process group, so stop() reaches children
             )
         try:
+            if on_spawn is not None:
+                on_spawn(self.proc.pid)
             self.wait_ready()
         except BaseException:
             self.stop()
