@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-# NB: bench/ is a top-level folder, not an installed package; the repository root makes it
-# importable (pytest puts only tests/unit on the path).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from bench.strategies import rotated
 from bench.strategies_report import (
     build_rows,
@@ -24,6 +15,8 @@ from bench.strategies_report import (
     render_table,
     representative,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hotshard.engine.config import EngineConfig
 from hotshard.engine.model import Observation, PoolState, ShardLoad
