@@ -233,7 +233,9 @@ class LocalFleet:
         added = [self._entry(s) for s in ready if s.name not in listed]
         idle = list(PoolState.from_table(table).idle)
         missing = warm_target - len(idle) - len(added) - len(self._starting)
-        for _ in range(max(0, missing)):
+        # NB: one start at a time: each takes half a core for ~1.3 s, and three at once took
+        # most of this 2-core box in the very seconds the spike was being moved.
+        if missing > 0 and not self._starting:
             name = self._next_name("overflow")
             self._starting[name] = asyncio.create_task(
                 asyncio.to_thread(self.start_shard, "overflow", name)
