@@ -183,11 +183,14 @@ class ReshardFleet:
 
 
 WARM, OVERFLOW_MAX = 2, 4
-"""The overflow tier: two warm shards, and room to refill the pool while a spike holds two or
-three (the engine splits 200 req/s over 2-3 shards of 20 millicores, depending on the measured
-cost), so that after the merge the engine's learnt pool target is below the peak and the
-StatefulSet shrinks."""
-SHARD_CPU = "20m"
+"""The overflow tier: two warm shards, and room to refill the pool while a spike holds some, so
+that after the merge the engine's learnt pool target is below the peak and the StatefulSet
+shrinks."""
+SHARD_CPU = "10m"
+"""The bidders' CPU limit, which is a shard's capacity to the engine: it moves a hot spot only
+when it would push its shard past 70% of it. The spike's 200 req/s of 50-150 us bids (the spread
+between runs on the shared machine) use 10-30 millicores, so 10m overloads one shard every time
+(20m did not, once), while the background's ~10 req/s per shard stays under 20%."""
 
 
 def reshard_spec(prometheus_url: str, image: str, shard_cpu: str = SHARD_CPU) -> dict[str, Any]:
@@ -195,9 +198,6 @@ def reshard_spec(prometheus_url: str, image: str, shard_cpu: str = SHARD_CPU) ->
         "virtualPartitions": PARTITIONS,
         "bidder": {
             "image": image,
-            # NB: the engine moves a hot spot only when it would push its shard past 70% of
-            # capacity, which is the CPU limit; 20 millicores is what the spike's ~200 req/s of
-            # ~100 us bids use, so it overloads one shard while the background stays under 10%.
             "resources": {
                 "requests": {"cpu": "10m", "memory": "16Mi"},
                 "limits": {"cpu": shard_cpu, "memory": "256Mi"},
