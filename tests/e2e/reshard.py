@@ -189,8 +189,8 @@ shrinks."""
 SHARD_CPU = "10m"
 """The bidders' CPU limit, which is a shard's capacity to the engine: it moves a hot spot only
 when it would push its shard past 70% of it. The spike's 200 req/s of 50-150 us bids (the spread
-between runs on the shared machine) use 10-30 millicores, so 10m overloads one shard every time
-(20m did not, once), while the background's ~10 req/s per shard stays under 20%."""
+between runs on the shared machine) use 10-30 millicores, so 10m overloads one shard even at the
+cheapest, while the background's ~10 req/s per shard stays under 20%."""
 
 
 def reshard_spec(prometheus_url: str, image: str, shard_cpu: str = SHARD_CPU) -> dict[str, Any]:
