@@ -26,6 +26,11 @@ from hotshard.engine.growth import STEADY, Growth
 from hotshard.engine.model import Action, ActionKind, HotSpot
 from hotshard.engine.planning import Workspace
 
+Attempt = tuple[tuple[float, float], bool, str]
+"""A sizing to try: the (rate, cpu) to place, whether any tier may take it, and why that size."""
+Placement = tuple[list[str], tuple[float, float], str]
+"""Chosen shards, the (rate, cpu) they take between them, and why that size (may be empty)."""
+
 SANDBOX_HOLDS = frozenset({"cpu_per_request", "cpu", "latency", "memory"})
 """Signals that leave a quarantined campaign where it is (its rate is planned as usual)."""
 
@@ -106,10 +111,10 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
         return True
     keep = list(current) if ours else []
     least = len(keep) + 1 if widen else (2 if campaign is None and key in ws.splits else 1)
-    attempts = [
-        ((grown[0], grown[1]), False, "sized for growth"),
-        ((plan_rate, plan_cpu), False, "sized for its load now: too few warm shards for growth"),
-    ]
+    attempts: list[Attempt] = [((grown[0], grown[1]), False, growth.why)]
+    attempts.append(
+        ((plan_rate, plan_cpu), False, "sized for its load now: too few warm shards for growth")
+    )
     if need:
         attempts += [
             ((grown[0], grown[1]), True, "no warm shard can take it: the least-loaded shards"),
@@ -118,16 +123,10 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
     # While choosing, the spot's load is off its current shards; it is put back if nothing fits.
     ws.shift(current, (), rate, cpu)
     exclude = set(current) - set(keep)
-    chosen: list[str] = []
-    for index, ((r, c), any_tier, _) in enumerate(attempts):
-        k = max(least, ws.ways(ws.units(r, c)))
-        pools = ws.ordinary_pools() if symptom else ws.hot_pools(any_tier)
-        chosen = ws.choose(r / k, c / k, k, [keep, *pools], exclude)
-        if index == 0 and len(chosen) < k:
-            ws.shortfall += k - len(chosen)
-        if len(chosen) == k:
-            break
-    else:
+    placed = choose_shards(ws, attempts, least, keep, exclude, symptom)
+    if placed is None and need and not symptom:
+        placed = spread_thin(ws, (plan_rate, plan_cpu), least, keep, exclude)
+    if placed is None:
         ws.shift((), current, rate, cpu)
         k = max(least, ws.ways(ws.units(plan_rate, plan_cpu)))
         if isolate and not need:
@@ -141,6 +140,8 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
                 "and none can take it without going over target; waiting for the warm pool"
             )
         return False
+    chosen, (r, c), sized = placed
+    k = len(chosen)
     for name in chosen:
         if name in ws.idle:
             ws.claim(name, spot.reason)
@@ -153,16 +154,53 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
         ws.splits[key] = targets
     kept = widen and bool(set(keep) & set(targets))  # a widening that could keep no shard moves
     verb = "move" if kind == "migrate" else ("widen" if kept else "split") + f" {k} ways"
-    why = spot.reason
-    if index == 0 and growth.why:
-        why += f"; {growth.why}"
-    elif index > 0:
-        why += f"; {attempts[index][2]}"
+    why = spot.reason + (f"; {sized}" if sized else "")
     if isolate and not need:
         why += f"; a rising surge leaves {', '.join(current)} before it fills it"
     reason = f"{verb} {where} from {', '.join(current)} to {', '.join(targets)}: {why}"
     ws.record(Action(kind, reason, p, campaign, current, targets, handover_cost(ws.cost, k)))
     return True
+
+
+def choose_shards(
+    ws: Workspace,
+    attempts: list[Attempt],
+    least: int,
+    keep: list[str],
+    exclude: set[str],
+    symptom: bool,
+) -> Placement | None:
+    """The first attempt whose ``k`` shares each fit a shard under target (``keep`` first, then
+    the hot pools, or the ordinary ones for a symptom); the first attempt's lack is the warm
+    pool's shortfall."""
+    for index, ((r, c), any_tier, sized) in enumerate(attempts):
+        k = max(least, ws.ways(ws.units(r, c)))
+        pools = ws.ordinary_pools() if symptom else ws.hot_pools(any_tier)
+        chosen = ws.choose(r / k, c / k, k, [keep, *pools], exclude)
+        if index == 0 and len(chosen) < k:
+            ws.shortfall += k - len(chosen)
+        if len(chosen) == k:
+            return chosen, (r, c), sized
+    return None
+
+
+def spread_thin(
+    ws: Workspace, load: tuple[float, float], least: int, keep: list[str], exclude: set[str]
+) -> Placement | None:
+    """Too few warm shards for a hot spot at target: it still goes to the idle warm shards
+    there are (up to the ``k`` it needs, ``keep`` first), each over target, if that adds a
+    shard. They serve no one else, so only the hot spot shares their overload, and each share
+    is smaller than what it carried; its old shard's other partitions are relieved at once."""
+    k = max(least, ws.ways(ws.units(*load)))
+    spare = [n for n in ws.idle if n not in exclude and n not in keep]
+    chosen = [*keep, *spare][:k]
+    if len(chosen) <= len(keep) or len(chosen) < least:
+        return None
+    sized = (
+        f"too few warm shards: {len(chosen)} of the {k} it needs at the "
+        f"{ws.planning.target_utilisation:.0%} target, each over it, until the pool refills"
+    )
+    return chosen, load, sized
 
 
 def evacuate(
