@@ -281,6 +281,8 @@ def build_loop_step(
 ) -> LoopStep:
     """The production step: Prometheus scoped to this map's shards, versions from Prometheus."""
     scope = shard_scope(ref.name)
-    source = PrometheusSource(spec.metrics.prometheus_url, scope=scope)
+    source = PrometheusSource(
+        spec.metrics.prometheus_url, scope=scope, partitions=spec.virtual_partitions
+    )
     versions, containment = PrometheusVersions(source, scope), PrometheusContainment(source, scope)
     return LoopStep(ref, spec, cluster, store, source, versions, containment=containment)

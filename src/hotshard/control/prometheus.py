@@ -37,6 +37,7 @@ import aiohttp
 
 from hotshard.engine.model import CampaignLoad, Observation, PartitionLoad, ShardLoad
 from hotshard.routing import partition_of
+from hotshard.routing.hashing import DEFAULT_PARTITIONS
 
 WINDOW = "3s"
 RATE = "irate"
@@ -175,10 +176,11 @@ def build_campaigns(result: Any) -> list[CampaignLoad]:
     return campaigns
 
 
-def build_campaign_costs(result: Any) -> list[CampaignLoad]:
-    """The bidders' campaigns by demanded CPU-seconds per second (their partition by hash)."""
+def build_campaign_costs(result: Any, partitions: int = DEFAULT_PARTITIONS) -> list[CampaignLoad]:
+    """The bidders' campaigns by demanded CPU-seconds per second (their partition by hash over
+    the fleet's ``partitions``)."""
     return [
-        CampaignLoad(campaign=name, partition=partition_of(name), cpu=cpu)
+        CampaignLoad(campaign=name, partition=partition_of(name, partitions), cpu=cpu)
         for name, cpu in sorted(vector_by(result, "campaign").items())
         if name
     ]
@@ -191,11 +193,21 @@ class QueryError(RuntimeError):
 class PrometheusSource:
     """Builds each second's observation from about a dozen PromQL queries."""
 
-    def __init__(self, base_url: str, *, k: int = TOP_K, scope: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        k: int = TOP_K,
+        scope: str = "",
+        partitions: int = DEFAULT_PARTITIONS,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.k = k
         self.scope = scope
         """An extra label matcher on every bidder query (the operator scopes by shard name)."""
+        self.partitions = partitions
+        """The fleet's virtual partition count: the bidders' campaign reports carry no
+        partition label, so it is hashed here, as the routing table hashes it."""
         self.last_error: str | None = None
         """Why the last observation had no data (``None`` when Prometheus answered)."""
         self._session: aiohttp.ClientSession | None = None
@@ -258,7 +270,7 @@ class PrometheusSource:
             time=now,
             partitions=partitions,
             shards=shards,
-            campaigns=build_campaigns(hot) + build_campaign_costs(costly),
+            campaigns=build_campaigns(hot) + build_campaign_costs(costly, self.partitions),
             age_seconds=max(0.0, now - stamp),
         )
 
