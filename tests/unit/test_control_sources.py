@@ -171,3 +171,22 @@ async def test_a_proxy_error_page_is_a_query_error_not_a_crash(body: str, why: s
     finally:
         await source.aclose()
         await runner.cleanup()
+
+
+def test_campaign_costs_hash_over_the_fleets_partitions_and_merge_with_the_routers_rate() -> None:
+    from hotshard.control.prometheus import PrometheusSource, build_campaigns
+    from hotshard.engine.detection import aggregate_campaigns
+
+    # The bidders' gauge has no partition label: the source hashes the campaign itself, over
+    # the fleet's 64 partitions as the routing table does (spike-a is partition 27 there).
+    costs = [{"metric": {"campaign": "spike-a"}, "value": [0, "0.02"]}]
+    assert [(c.partition, c.cpu) for c in build_campaign_costs(costs, 64)] == [(27, 0.02)]
+    assert PrometheusSource("http://127.0.0.1:9", partitions=64).partitions == 64
+    routers = [{"metric": {"campaign": "spike-a", "partition": "27"}, "value": [0, "200"]}]
+    merged = aggregate_campaigns(build_campaigns(routers) + build_campaign_costs(costs, 64), 64)
+    assert [(k, v.rate, v.cpu) for k, v in merged.items()] == [((27, "spike-a"), 200.0, 0.02)]
+    # Hashed over the default 4096 (partition 795), the cost names a partition a 64-partition
+    # table does not have, and the engine drops it: the bug the e2e advertiser test found.
+    stray = build_campaign_costs(costs)
+    assert stray[0].partition == partition_of("spike-a") == 795
+    assert aggregate_campaigns(stray, 64) == {}

@@ -362,3 +362,20 @@ async def test_prometheus_down_is_degraded_and_changes_nothing(rig: Rig) -> None
     assert degraded.status == "False"
     assert status.last_decision is not None
     assert status.last_decision.action == "split"
+
+
+async def test_the_production_step_hashes_bidders_campaign_costs_over_the_maps_partitions() -> None:
+    from hotshard.control.prometheus import PrometheusSource
+    from hotshard_operator.loopstep import build_loop_step
+
+    rig = Rig()
+    step = build_loop_step(REF, SPEC, rig.cluster, rig.store)
+    try:
+        source = step.gate.source
+        assert isinstance(source, PrometheusSource)
+        # The bidders' per-campaign CPU has no partition label: hashed over 4096 partitions it
+        # would name one this 16-partition map does not have, and the engine would drop it.
+        assert source.partitions == V == 16
+        assert source.scope == 'shard=~"fleet-(base|overflow|sandbox)-[0-9]+"'
+    finally:
+        await step.aclose()
