@@ -4,15 +4,17 @@ Hot load goes to pre-warmed capacity. A hot partition or campaign is placed on o
 shards (idle warm shards first, then overflow shards already serving), never on a base shard
 while the overflow tier can take it; only when it cannot does the planner fall back to the
 least-loaded shard of any tier that stays under target, and it asks the pool for the warm shards
-it lacked. A campaign hotter than one shard is split ``k = ceil(load / (capacity x target))``
-ways; a rising one is sized for its growth (:mod:`hotshard.engine.growth`), and if the warm
-pool is too small for that, for its load of the instant. A split that turns out too narrow is
-widened: it keeps its shards and adds more, so traffic already on warm shards stays put, and
-because it only ever adds, it may happen while the route settles. A rising surge leaves its base
-shard at once, before it fills it. A campaign whose requests turned expensive is quarantined,
-and stays on the sandbox tier while only its cost shows: the latency, CPU or memory of a
-quarantined campaign is the sandbox's tight quota doing its job, not a reason to spread it back
-onto shards that serve other campaigns. Only its rate (or a forecast) is planned as usual.
+it lacked. When nothing fits under target, a hot spot that overloads its shard still leaves it
+for the idle warm shards there are, over target, rather than wait there for a refill. A campaign
+hotter than one shard is split ``k = ceil(load / (capacity x target))`` ways; a rising one is
+sized for its growth (:mod:`hotshard.engine.growth`), and if the warm pool is too small for
+that, for its load of the instant. A split that turns out too narrow is widened: it keeps its
+shards and adds more, so traffic already on warm shards stays put, and because it only ever
+adds, it may happen while the route settles. A rising surge leaves its base shard at once,
+before it fills it. A campaign whose requests turned expensive is quarantined, and stays on the
+sandbox tier while only its cost shows: the latency, CPU or memory of a quarantined campaign is
+the sandbox's tight quota doing its job, not a reason to spread it back onto shards that serve
+other campaigns. Only its rate (or a forecast) is planned as usual.
 """
 
 from __future__ import annotations
