@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hotshard.markdown import format_cell as _fmt
 from hotshard.strategies import ORDER, REFERENCE, Strategy
 
 Summary = Mapping[str, Any]
@@ -117,14 +118,6 @@ def judge(passes: Passes) -> dict[str, dict[str, dict[str, str]]]:
         }
         for h in hotshard
     }
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _cell(

@@ -16,6 +16,7 @@ from typing import Any
 
 from hotshard.control.timeline import Entry
 from hotshard.local.traffic import PHASES, GroupResult
+from hotshard.markdown import format_cell as _fmt
 
 
 @dataclass(frozen=True)
@@ -145,14 +146,6 @@ def write_report(
         files += plot_pass(baseline, out, prefix="baseline-")
     files[1].write_text(render_markdown(summary, main))
     return files
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def render_markdown(summary: dict[str, Any], main: PassRecord) -> str:

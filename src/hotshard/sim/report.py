@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hotshard.markdown import format_cell
 from hotshard.strategies import ORDER, REFERENCE
 
 ROWS: tuple[tuple[str, str], ...] = (
@@ -25,11 +26,7 @@ LOWER_IS_BETTER = {"lost", "rejected_429", "shard_seconds", "p99"}
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return format_cell(value, ".4g")  # the model's values carry no more than 4 digits of meaning
 
 
 def _ratio(value: Any, reference: Any) -> str:

@@ -1,0 +1,19 @@
+"""One way to write a measured value into a Markdown table, for every report hotshard writes.
+
+The demo's report, the strategy benchmark and the simulation put numbers side by side in
+Markdown; a value that is missing must read the same ("-") in all three, and floats must not
+carry a run's worth of noise digits into a table meant for people.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_cell(value: Any, spec: str = "g") -> str:
+    """``value`` for a table cell: ``-`` when missing, floats through ``spec``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
