@@ -78,12 +78,6 @@ def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield running
 
 
-@pytest.mark.skip(
-    reason="TODO(#7): PrometheusSource hashes the bidders' campaign-CPU reports over 4096 "
-    "partitions, not the fleet's virtualPartitions, so the campaign is never quarantined; the "
-    "fix (passing spec.virtualPartitions) made the engine stop moving test_resharding's rate "
-    "spike, so it was reverted pending the engine's owner (docs/e2e.md)"
-)
 def test_a_campaign_turned_expensive_is_quarantined_on_the_sandbox(fleet: ReshardFleet) -> None:
     campaign, good, bad = scenario_changes()
     partition = partition_of(campaign, PARTITIONS)
