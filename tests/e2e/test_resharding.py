@@ -118,8 +118,16 @@ def test_a_spike_of_one_campaign_is_split_onto_the_overflow_tier(fleet: ReshardF
     except pytest.fail.Exception:
         pytest.fail(f"not moved; last decisions {decisions[-3:]}, hot {hot_seen[-3:]}")
     assert table.version > before.version
-    # The operator names the hot partition and why, and says it split.
-    reasons = {h["reason"] for h in hot_seen if h["partition"] == partition}
+
+    # The operator names the hot partition and why, and says it split. It patches status after
+    # the tick that wrote the table, so the table can be seen first: keep reading status.
+    def named() -> set[str] | None:
+        moved()
+        reasons = {h["reason"] for h in hot_seen if h["partition"] == partition}
+        acted = any(d.get("action") in ("split", "move") for d in decisions)
+        return reasons if reasons and acted else None
+
+    reasons = fleet.wait_until(f"status naming partition {partition} and the split", named)
     assert reasons & {"rate", "cpu", "latency"}, hot_seen[-5:]
     # The overflow shard it claimed leaves the warm pool short: the StatefulSet grows.
     fleet.wait_until(
