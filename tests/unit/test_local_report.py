@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hotshard.local.report import PassRecord, summarise_pass
 from hotshard.local.traffic import GroupResult, PhaseStats
 from hotshard.local.view import Progress, plain_line
@@ -77,3 +79,13 @@ def test_the_live_line_shows_p99_by_kind_of_campaign() -> None:
         decision="none yet",
     )
     assert "p99 -" in plain_line(empty)
+
+
+def test_a_report_directory_that_cannot_be_written_is_found_before_the_run(tmp_path: Path) -> None:
+    from hotshard.local.demo import check_report_dir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "cannot create the report directory" in (check_report_dir(blocker / "report") or "")
+    assert check_report_dir(tmp_path / "new" / "report") is None
+    assert (tmp_path / "new" / "report").is_dir()

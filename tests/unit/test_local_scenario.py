@@ -114,3 +114,10 @@ def test_unknown_trace_minute_is_named() -> None:
     }
     with pytest.raises(ScenarioError, match=r"field `spike\.start`"):
         compile_plan(parse_scenario(doc))
+
+
+def test_a_scenario_that_is_not_text_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"name: x\n\xff\xfe\x00junk")
+    with pytest.raises(ScenarioError, match="is not UTF-8 text"):
+        load_scenario(path)

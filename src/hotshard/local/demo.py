@@ -17,6 +17,8 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import math
+import os
 import signal
 import tempfile
 import time
@@ -33,7 +35,13 @@ from hotshard.engine.config import EngineConfig
 from hotshard.engine.core import Engine
 from hotshard.local.cgroups import open_limiter
 from hotshard.local.fleet import FleetShape, LocalFleet
-from hotshard.local.processes import ServiceError, ServiceProcess, free_port, start_service
+from hotshard.local.processes import (
+    ServiceError,
+    ServiceProcess,
+    free_port,
+    log_tail,
+    start_service,
+)
 from hotshard.local.prometheus import LocalPrometheus, find_prometheus
 from hotshard.local.report import PassRecord, Sample, build_summary, write_report
 from hotshard.local.resource_run import (
@@ -95,6 +103,17 @@ def _on_exit(callback: Callable[[], None]) -> Iterator[None]:
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signum)
+
+
+def check_report_dir(path: Path) -> str | None:
+    """Why the report cannot be written to ``path``, checked before a run rather than after."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the report directory: {exc.strerror or exc}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "the report directory is not writable"
+    return None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -249,7 +268,19 @@ async def run_pass(
             def refresh() -> None:
                 scraped.set_targets({**fleet.urls(), "router": router.url})
 
-        samples = await _watch(plan, loop, fleet, refresh, traffic, title, t0, view)
+        def check_alive() -> None:
+            """A service that dies mid-run ends the pass: its numbers would mean nothing."""
+            dead = {n: fleet.shards[n].service for n in fleet.exited() if n in fleet.shards}
+            if not router.running():
+                dead["router"] = router
+            for name, service in dead.items():
+                code = service.proc.poll() if service.proc is not None else None
+                raise ServiceError(
+                    f"{name} exited with code {code} during the run, so it stopped; "
+                    f"log {service.log_path}:\n{log_tail(service.log_path)}"
+                )
+
+        samples = await _watch(plan, loop, fleet, refresh, traffic, title, t0, view, check_alive)
         stop.set()
         await ticking
         changing.cancel()
@@ -321,6 +352,7 @@ async def _watch(
     title: str,
     t0: float,
     view: LiveView,
+    check_alive: Callable[[], None],
 ) -> list[Sample]:
     """Sample the run once a second until the load generators finish; feed the live view.
 
@@ -330,6 +362,7 @@ async def _watch(
     deadline = time.monotonic() + plan.duration + REPORT_TIMEOUT_S
     while not traffic.done() and time.monotonic() < deadline:
         await asyncio.sleep(1.0)
+        check_alive()
         if refresh is not None:
             refresh()  # warm-pool shards come and go; Prometheus must follow
         now = time.time()
@@ -376,11 +409,18 @@ def main(args: argparse.Namespace) -> int:
         if args.cooldown is not None
         else (QUICK_COOLDOWN_S if args.quick else DEMO_COOLDOWN_S)
     )
-    if cooldown < 0:
+    if not math.isfinite(cooldown) or cooldown < 0:
         print(f"hotshard demo: --cooldown must be zero or more seconds, not {cooldown:g}")
+        return 2
+    problem = check_report_dir(args.report)
+    if problem is not None:
+        print(f"hotshard demo: --report {args.report}: {problem}")
         return 2
     atexit.register(_run_cleanups)
     previous = signal.signal(signal.SIGTERM, _terminate)
+    # NB: a demo started in the background by a shell script inherits SIGINT as ignored; the
+    # default handler makes `kill -INT` (and Ctrl-C) interrupt it as it does in a terminal.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return asyncio.run(_demo(args, plan, cooldown))
     except KeyboardInterrupt as exc:
@@ -396,6 +436,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         _run_cleanups()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 async def _demo(args: argparse.Namespace, plan: TrafficPlan, cooldown: float) -> int:

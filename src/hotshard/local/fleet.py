@@ -152,6 +152,16 @@ class LocalFleet:
         except OSError as exc:
             log.warning("could not put %s under a CPU quota: %s", name, exc)
 
+    def exited(self) -> dict[str, int]:
+        """Shards of the fleet whose process ended without being stopped, with exit codes."""
+        out = {}
+        for name, shard in list(self.shards.items()):
+            proc = shard.service.proc
+            code = proc.poll() if proc is not None else None
+            if code is not None and name in self.shards:  # NB: not one being stopped just now
+                out[name] = code
+        return out
+
     def stop_shard(self, name: str) -> None:
         shard = self.shards.pop(name, None)
         if shard is None:

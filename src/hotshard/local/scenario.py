@@ -259,6 +259,9 @@ def load_scenario(source: str | Path) -> Scenario:
         document = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ScenarioError(f"cannot read scenario {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        why = f"{exc.reason} at byte {exc.start}"
+        raise ScenarioError(f"scenario {path} is not UTF-8 text: {why}") from exc
     except yaml.YAMLError as exc:
         raise ScenarioError(f"scenario {path} is not valid YAML: {exc}") from exc
     return parse_scenario(document, where=str(path))
