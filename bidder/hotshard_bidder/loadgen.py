@@ -46,7 +46,7 @@ from .loadreport import (
     build_report,
     format_summary,
 )
-from .profiles import parse_profile, send_times
+from .profiles import parse_profile, planned_count, send_times
 from .zipf import Popularity, wikipedia_popularity, zipf_popularity
 
 log = logging.getLogger(__name__)
@@ -410,10 +410,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the JSON report to this file")
 
 
+def check_before_run(spec: LoadSpec) -> None:
+    """Refuse, with a ``ValueError``, a run whose profile cannot be planned, before any sending.
+
+    Every worker plans its own copy of the schedule, so a profile past the planned-request cap
+    must be caught here rather than in a worker that would die with it.
+    """
+    planned_count(parse_profile(spec.profile), spec.duration)
+
+
 def main(args: argparse.Namespace) -> int:
     fields = {n: getattr(args, n) for n in LoadSpec.model_fields if n != "run_id"}
     try:
         spec = LoadSpec(**fields)
+        check_before_run(spec)
         report = run_load_sync(spec)
     except ValidationError as exc:
         problems = "; ".join(

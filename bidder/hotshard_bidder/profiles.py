@@ -27,6 +27,14 @@ STEP_SECONDS = 0.001
 """Integration step for :func:`send_times`: 1 ms is finer than any profile edge we use and keeps
 a 10-minute schedule at 600k points."""
 
+MAX_PLANNED_REQUESTS = 2_000_000
+"""Cap on one run's schedule: a planned request costs ~190 bytes of plan (1e7 took 1.87 GB), so
+2M is ~0.4 GB, and ten minutes at 3k rps (more than one box sends) is only 1.8M."""
+
+
+class TooManyRequestsError(ValueError):
+    """The profile over the duration schedules more than :data:`MAX_PLANNED_REQUESTS`."""
+
 
 class RateProfile(Protocol):
     """Requests per second as a function of seconds since the start of the run."""
@@ -183,14 +191,8 @@ def send_times(profile: RateProfile, duration: float) -> FloatArray:
     """
     if duration <= 0:
         return np.empty(0, dtype=np.float64)
-    steps = int(np.ceil(duration / STEP_SECONDS))
-    edges = np.arange(steps + 1, dtype=np.float64) * STEP_SECONDS
-    mids = edges[:-1] + STEP_SECONDS / 2
-    rate = np.clip(profile.rates(mids), 0.0, None)
-    expected = np.concatenate(([0.0], np.cumsum(rate * STEP_SECONDS)))
-    # Request k goes out when the expected count reaches k + 1/2: a constant rate R sends at
-    # 0.5/R, 1.5/R, ..., exactly R * duration requests. The epsilon absorbs float drift.
-    total = int(np.floor(expected[-1] + 0.5 + 1e-6))
+    steps, edges, rate, expected = _integrate(profile, duration)
+    total = _count(expected)
     targets = np.arange(total, dtype=np.float64) + 0.5
     # The step in which the expected count first reaches each target, then the exact instant
     # inside that step (the rate is constant within a step). Zero-rate stretches are skipped.
@@ -198,3 +200,36 @@ def send_times(profile: RateProfile, duration: float) -> FloatArray:
     within = (targets - expected[step]) / np.maximum(rate[step] * STEP_SECONDS, 1e-12)
     times = edges[step] + np.clip(within, 0.0, 1.0) * STEP_SECONDS
     return np.asarray(times[times < duration], dtype=np.float64)
+
+
+def _integrate(
+    profile: RateProfile, duration: float
+) -> tuple[int, FloatArray, FloatArray, FloatArray]:
+    """Steps, step edges, rate per step and expected count at each edge over ``duration``."""
+    steps = int(np.ceil(duration / STEP_SECONDS))
+    edges = np.arange(steps + 1, dtype=np.float64) * STEP_SECONDS
+    mids = edges[:-1] + STEP_SECONDS / 2
+    rate = np.clip(profile.rates(mids), 0.0, None)
+    expected = np.concatenate(([0.0], np.cumsum(rate * STEP_SECONDS)))
+    return steps, edges, rate, expected
+
+
+def _count(expected: FloatArray) -> int:
+    """Requests scheduled for an expected count, refused past :data:`MAX_PLANNED_REQUESTS`."""
+    # Request k goes out when the expected count reaches k + 1/2: a constant rate R sends at
+    # 0.5/R, 1.5/R, ..., exactly R * duration requests. The epsilon absorbs float drift.
+    total = float(np.floor(expected[-1] + 0.5 + 1e-6))
+    if not total <= MAX_PLANNED_REQUESTS:
+        raise TooManyRequestsError(
+            f"the profile plans {total:.3g} requests, over the cap of {MAX_PLANNED_REQUESTS:,} "
+            "per run (MAX_PLANNED_REQUESTS); lower the rate or the duration"
+        )
+    return int(total)
+
+
+def planned_count(profile: RateProfile, duration: float) -> int:
+    """How many requests :func:`send_times` would schedule, without building the schedule;
+    raises :class:`TooManyRequestsError` past :data:`MAX_PLANNED_REQUESTS`."""
+    if duration <= 0:
+        return 0
+    return _count(_integrate(profile, duration)[3])

@@ -79,3 +79,18 @@ def test_bare_number_is_a_constant_rate() -> None:
 def test_bad_profiles_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="profile"):
         parse_profile(text)
+
+
+def test_a_schedule_past_the_cap_is_refused_before_it_is_built() -> None:
+    from hotshard_bidder.profiles import MAX_PLANNED_REQUESTS, TooManyRequestsError, planned_count
+
+    with pytest.raises(TooManyRequestsError, match="2,000,000"):
+        send_times(parse_profile("constant:1e9"), 1.0)
+    with pytest.raises(TooManyRequestsError, match="MAX_PLANNED_REQUESTS"):
+        planned_count(parse_profile("spike:base=1,peak=1e12,start=0.5,length=0.1"), 1.0)
+    assert planned_count(ConstantRate(float(MAX_PLANNED_REQUESTS)), 1.0) == MAX_PLANNED_REQUESTS
+    assert (
+        planned_count(ConstantRate(1000.0), 2.0)
+        == 2000
+        == len(send_times(ConstantRate(1000.0), 2.0))
+    )

@@ -113,3 +113,19 @@ async def test_requests_beyond_the_outstanding_cap_are_counted_not_sent(serve: S
 def test_targets_off_loopback_are_refused() -> None:
     with pytest.raises(ValueError, match="loopback"):
         LoadSpec(target="http://10.0.0.1:8080/bid")
+
+
+def test_cli_refuses_a_profile_past_the_cap_before_sending(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from hotshard_bidder.loadgen import configure, main
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    args = parser.parse_args(
+        ["--target", "http://127.0.0.1:1/x", "--profile", "constant:1e9", "--duration", "1"]
+    )
+    assert main(args) == 2
+    assert "cap of 2,000,000" in capsys.readouterr().out
