@@ -147,28 +147,57 @@ def _parse_fields(text: str) -> dict[str, str]:
     return fields
 
 
+def _rate(text: str, name: str = "rate", zero_ok: bool = False) -> float:
+    """A finite rate in rps: positive, or also zero where ``zero_ok`` (silence in a profile)."""
+    value = _number(text, name)
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'} rps, got {text!r}")
+    return value
+
+
+def _number(text: str, name: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {text!r}")
+    return value
+
+
+def _field(fields: dict[str, str], name: str) -> str:
+    if name not in fields:
+        raise ValueError(f"missing parameter {name!r}")
+    return fields[name]
+
+
 def parse_profile(text: str) -> RateProfile:
     """Parse a profile from its CLI form (see the module docstring); a bare number is constant."""
     kind, _, rest = text.partition(":")
     try:
         if not rest:
-            return ConstantRate(float(kind))
+            return ConstantRate(_rate(kind))
         if kind == "constant":
-            return ConstantRate(float(rest))
+            return ConstantRate(_rate(rest))
         if kind == "step":
-            steps = sorted((float(s), float(r)) for s, r in _parse_fields(rest).items())
+            steps = sorted(
+                (_number(s, "step start"), _rate(r, zero_ok=True))
+                for s, r in _parse_fields(rest).items()
+            )
+            if not any(r > 0 for _, r in steps):
+                raise ValueError("every step has rate 0")
             return StepRate(tuple(steps))
         if kind == "spike":
             f = _parse_fields(rest)
             return SpikeRate(
-                float(f["base"]), float(f["peak"]), float(f["start"]), float(f["length"])
+                _rate(_field(f, "base"), "base", zero_ok=True),
+                _rate(_field(f, "peak"), "peak"),
+                _number(_field(f, "start"), "start"),
+                _rate(_field(f, "length"), "length"),
             )
         if kind == "trace":
             return read_trace_csv(Path(rest))
         if kind == "worldcup98":
             f = _parse_fields(rest)
             return worldcup98_profile(
-                peak=float(f["peak"]),
+                peak=_rate(_field(f, "peak"), "peak"),
                 start_minute=int(f.get("start_minute", "0")),
                 minutes=int(f.get("minutes", "60")),
                 seconds_per_minute=float(f.get("seconds_per_minute", "1")),

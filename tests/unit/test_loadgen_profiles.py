@@ -94,3 +94,23 @@ def test_a_schedule_past_the_cap_is_refused_before_it_is_built() -> None:
         == 2000
         == len(send_times(ConstantRate(1000.0), 2.0))
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("constant:-5", "rate must be > 0"),
+        ("constant:0", "rate must be > 0"),
+        ("-5", "rate must be > 0"),
+        ("constant:inf", "finite"),
+        ("constant:nan", "finite"),
+        ("step:0=-1,5=10", ">= 0"),
+        ("step:0=0", "every step has rate 0"),
+        ("spike:base=5,peak=-1,start=1,length=1", "peak must be > 0"),
+        ("spike:base=5", "missing parameter 'peak'"),
+        ("spike:base=5,peak=9,length=1", "missing parameter 'start'"),
+    ],
+)
+def test_bad_rates_and_missing_parameters_are_named(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_profile(text)
