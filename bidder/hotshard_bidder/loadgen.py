@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import logging
 import multiprocessing
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -410,20 +411,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the JSON report to this file")
 
 
-def check_before_run(spec: LoadSpec) -> None:
-    """Refuse, with a ``ValueError``, a run whose profile cannot be planned, before any sending.
+def check_before_run(spec: LoadSpec, out: Path | None = None) -> None:
+    """Refuse, with a ``ValueError``, a run that could not be planned or reported, before sending.
 
     Every worker plans its own copy of the schedule, so a profile past the planned-request cap
-    must be caught here rather than in a worker that would die with it.
+    or an unreadable trace must be caught here rather than in a worker that would die with it;
+    and a report that cannot be written must be known before the run, not after it.
     """
     planned_count(parse_profile(spec.profile), spec.duration)
+    if out is not None:
+        _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out``'s directory if missing, and refuse a path the report cannot be written to."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"--out {out}: cannot use {out.parent} as a directory: {exc.strerror}"
+        ) from exc
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: directory {out.parent} is not writable")
 
 
 def main(args: argparse.Namespace) -> int:
     fields = {n: getattr(args, n) for n in LoadSpec.model_fields if n != "run_id"}
     try:
         spec = LoadSpec(**fields)
-        check_before_run(spec)
+        check_before_run(spec, args.out)
         report = run_load_sync(spec)
     except ValidationError as exc:
         problems = "; ".join(
@@ -437,8 +455,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(format_summary(report))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report.model_dump_json(indent=2))
+        try:
+            args.out.write_text(report.model_dump_json(indent=2))
+        except OSError as exc:  # checked before the run; this is a change during it
+            print(f"hotshard loadgen: cannot write the report to {args.out}: {exc.strerror}")
+            return 2
         print(f"report written to {args.out}")
     if report.sent and not report.answered_total:
         print(f"hotshard loadgen: none of {report.sent} requests was answered by {spec.target}")

@@ -193,7 +193,10 @@ def parse_profile(text: str) -> RateProfile:
                 _rate(_field(f, "length"), "length"),
             )
         if kind == "trace":
-            return read_trace_csv(Path(rest))
+            try:
+                return read_trace_csv(Path(rest))
+            except OSError as exc:
+                raise ValueError(f"cannot read trace file {rest!r}: {exc.strerror}") from exc
         if kind == "worldcup98":
             f = _parse_fields(rest)
             return worldcup98_profile(

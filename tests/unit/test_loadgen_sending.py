@@ -129,3 +129,28 @@ def test_cli_refuses_a_profile_past_the_cap_before_sending(
     )
     assert main(args) == 2
     assert "cap of 2,000,000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--profile", "trace:/nonexistent/rates.csv"], "cannot read trace file"),
+        (["--out", "/etc/passwd/x"], "cannot use /etc/passwd as a directory"),
+        (["--out", "/"], "is a directory"),
+    ],
+)
+def test_cli_refuses_an_unreadable_trace_or_unwritable_out_before_sending(
+    extra: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from hotshard_bidder.loadgen import configure, main
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    # Port 1 answers nothing: a run that started would take the whole duration and exit 1.
+    args = parser.parse_args(["--target", "http://127.0.0.1:1/x", "--duration", "30", *extra])
+    assert main(args) == 2
+    out = capsys.readouterr().out
+    assert says in out
+    assert out.count("\n") == 1
