@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hotshard.routing.keys import key_problem
 from hotshard_bidder import scoring
 from hotshard_bidder.admission import RETRY_AFTER_S, Admission
 from hotshard_bidder.campaigns import CampaignBook
@@ -226,6 +227,11 @@ class BidderApp:
                 f"no campaign key; looked in {self.extractor.describe()}",
                 started,
                 cpu=time.thread_time() - cpu_start,
+            )
+        problem = key_problem(campaign)
+        if problem is not None:
+            return self._refuse(
+                400, "bad_request", problem, started, cpu=time.thread_time() - cpu_start
             )
         snapshot = self.watch.holder.current
         wanted = _int_header(request.headers.get(VERSION_HEADER))

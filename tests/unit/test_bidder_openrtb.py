@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -105,3 +107,39 @@ def test_a_floor_in_euros_is_compared_in_dollars() -> None:
     eur_price, _ = scoring.price_imp(in_eur.imps[0], features, "camp-1", 4, 1.0)
     assert usd_price == pytest.approx(floor + scoring.SHADE * (value_usd - floor))
     assert eur_price == 0.0
+
+
+async def test_a_campaign_header_of_non_utf8_bytes_is_a_clean_400_not_a_bug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestServer
+
+    from hotshard.routing import RoutingTable, Shard
+    from hotshard.routing.store import FileRoutingStore
+    from hotshard_bidder.app import BidderApp
+    from hotshard_bidder.serving import TableWatch
+    from hotshard_bidder.settings import BidderSettings
+
+    path = tmp_path / "routing.json"
+    shard = Shard(name="s0", tier="base", url="http://127.0.0.1:9")
+    FileRoutingStore(path).initialize(RoutingTable.even([shard], partitions=64))
+    app = BidderApp(BidderSettings(shard="s0", routing_file=path), TableWatch.open(path, 0.05))
+    body = orjson.dumps({"id": "r1", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]})
+    async with TestServer(app.build()) as server:
+        # A raw request: aiohttp's client would encode the header as UTF-8.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /openrtb2/auction HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"X-Hotshard-Campaign: \xff\xfe\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+        )
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"not text or has control characters" in answer
+    assert b"UnicodeEncodeError" not in answer
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -51,3 +51,16 @@ def test_pointer_parsing_unescapes_and_indexes() -> None:
     assert resolve({"a": [1]}, parse_pointer("/a/3")) is None
     with pytest.raises(PointerError):
         parse_pointer("no-slash")
+
+
+def test_a_key_that_is_not_text_or_has_control_characters_is_named() -> None:
+    from hotshard.routing.keys import key_problem
+
+    # Header bytes \xff\xfe are not UTF-8; the HTTP parser hands them over as lone surrogates.
+    assert (
+        key_problem("\udcff\udcfe")
+        == r"campaign key '\udcff\udcfe' is not text or has control characters"
+    )
+    assert key_problem("a\r\nX-Forged: 1") is not None
+    assert key_problem("Evan_McMullin") is None
+    assert key_problem("ÿþ") is None

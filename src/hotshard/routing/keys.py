@@ -60,6 +60,17 @@ def _as_key(value: Any) -> str | None:
     return None
 
 
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot serve as a campaign key, or ``None`` when it can.
+
+    A header's bytes that are not UTF-8 arrive as lone surrogates, which cannot be hashed to a
+    partition; a control character would forge headers where the key is forwarded to a shard.
+    """
+    if not key.isprintable():
+        return f"campaign key {key!r} is not text or has control characters"
+    return None
+
+
 @dataclass(frozen=True)
 class KeyExtractor:
     """Extract the campaign key and the secondary key from a request."""
