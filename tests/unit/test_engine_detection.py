@@ -284,3 +284,21 @@ def test_health_scores_weigh_each_signal_against_capacity() -> None:
     assert base0.utilisation == pytest.approx(0.8)
     assert base0.state == "over"
     assert decision.health["overflow-0"].state == "idle"
+
+
+@pytest.mark.parametrize(("campaign_cpu", "carried"), [(1.41, "nearly all"), (0.6, "80%")])
+def test_a_campaign_share_is_never_said_to_exceed_its_partition(
+    campaign_cpu: float, carried: str
+) -> None:
+    engine, table = quiet_engine(), fleet()
+    name = "Evan_McMullin"
+    p = partition_of(name, V)
+    for t in range(30):
+        run(engine, table, t, flat())
+    costly = flat() | {p: PartitionLoad(rate=15.0, cpu=0.75)}
+    # The router's count of the campaign ran ahead of the bidders' count of its partition.
+    campaigns = [CampaignLoad(name, p, rate=10.0, cpu=campaign_cpu)]
+    decision = run(engine, table, 30, costly, campaigns)
+    (spot,) = decision.hot
+    assert spot.campaign == name
+    assert spot.reason.endswith(f"; campaign {name!r} carries {carried} of it")

@@ -215,7 +215,10 @@ def find_hot_spots(
             if key_share >= bar:
                 campaign = cl.campaign
                 load = shard_units(cl.rate, cl.cpu, planning)
-                what += f"; campaign {cl.campaign!r} carries {key_share:.0%} of it"
+                # The campaign's load (router) and the partition's (bidders) are measured
+                # apart, at different instants, so the share can read above 100%.
+                carried = "nearly all" if key_share >= 0.995 else f"{key_share:.0%}"
+                what += f"; campaign {cl.campaign!r} carries {carried} of it"
                 break
         reason = f"partition {p} is hot on {signal.replace('_', ' ')}: {what}"
         spots.append(HotSpot(p, campaign, signal, score, reason, load))
