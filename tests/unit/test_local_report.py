@@ -89,3 +89,29 @@ def test_a_report_directory_that_cannot_be_written_is_found_before_the_run(tmp_p
     assert "cannot create the report directory" in (check_report_dir(blocker / "report") or "")
     assert check_report_dir(tmp_path / "new" / "report") is None
     assert (tmp_path / "new" / "report").is_dir()
+
+
+def test_the_resource_section_is_whole_tables_with_times_from_the_first_action() -> None:
+    from hotshard.local.resource_run import render_resources
+
+    change = {
+        "campaign": "Melania_Trump",
+        "rollout": "immediate",
+        "rolled_back": True,
+        "rollback_reason": "version 2 costs 38x | more",
+    }
+    events = [
+        {"time": 1000.5, "shard": "base-2", "kind": "throttle", "campaign": "M", "reason": "r"},
+        {"time": 1003.25, "shard": "engine", "kind": "sandbox", "campaign": "M", "reason": "s"},
+    ]
+    summary = {
+        "config_changes": [change, change],
+        "cost_per_campaign": {},
+        "containment_events": events,
+    }
+    lines = render_resources(summary, {"config_changes": [{}]})
+    # Every line is blank, the heading, or a table row: no text breaks a table in two.
+    assert all(not line or line.startswith(("## ", "| ")) for line in lines)
+    assert sum("rollback_reason" in line for line in lines) == 2
+    assert any(line.startswith("| 2.75 | engine | sandbox") for line in lines)
+    assert any(line.startswith("| 0.00 | base-2 | throttle") for line in lines)

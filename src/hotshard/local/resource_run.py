@@ -246,7 +246,8 @@ def render_resources(summary: dict[str, Any], baseline: dict[str, Any]) -> list[
         ):
             lines.append(f"| {label} | {key} | {change.get(key)} | {other.get(key)} |")
         if change.get("rollback_reason"):
-            lines.append(f"\nChange {i + 1} rolled back: {change['rollback_reason']}\n")
+            why = str(change["rollback_reason"]).replace("|", "/")
+            lines.append(f"| {label} | rollback_reason | {why} | - |")
     lines += ["", "| campaign | requests | CPU s | µs/request | throttled | tripped |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for name, c in summary["cost_per_campaign"].items():
@@ -256,11 +257,14 @@ def render_resources(summary: dict[str, Any], baseline: dict[str, Any]) -> list[
         )
     lines += [
         "",
-        "| t (wall) | shard | action | campaign | reason |",
+        "| t (s after the first action) | shard | action | campaign | reason |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for e in summary["containment_events"]:
+    events = summary["containment_events"]
+    first = min((e["time"] for e in events), default=0.0)
+    for e in events:
+        reason = str(e["reason"]).replace("|", "/")
         lines.append(
-            f"| {e['time']:.2f} | {e['shard']} | {e['kind']} | {e['campaign']} | {e['reason']} |"
+            f"| {e['time'] - first:.2f} | {e['shard']} | {e['kind']} | {e['campaign']} | {reason} |"
         )
     return lines
