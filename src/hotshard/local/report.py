@@ -150,10 +150,11 @@ def write_report(
 
 def render_markdown(summary: dict[str, Any], main: PassRecord) -> str:
     base = summary.get("baseline") or {}
+    ours = "with hotshard" if summary["mitigation"] else "mitigation off (observe only)"
     lines = [
         f"# hotshard demo: {summary['scenario']}",
         "",
-        "| measure | with hotshard | baseline (mitigation off) |",
+        f"| measure | {ours} | baseline (mitigation off) |",
         "| --- | --- | --- |",
     ]
     for key in (
