@@ -57,7 +57,13 @@ from hotshard.local.scenario import (
     compile_plan,
     load_scenario,
 )
-from hotshard.local.traffic import GroupResult, TrafficRun, build_specs, write_hot_trace
+from hotshard.local.traffic import (
+    LIVE_LAG_S,
+    GroupResult,
+    TrafficRun,
+    build_specs,
+    write_hot_trace,
+)
 from hotshard.local.view import LiveView, Progress
 from hotshard.routing import RoutingTable, Shard, partition_of
 from hotshard.routing.store import FileRoutingStore
@@ -383,7 +389,9 @@ async def _watch(
             Progress(
                 title=title,
                 elapsed=elapsed,
-                phase=plan.phase_of(elapsed),
+                # NB: the p99 shown is of LIVE_LAG_S ago and the rates ~2 scrapes old: label
+                # the line with the phase of the data, not of the clock.
+                phase=plan.phase_of(max(0.0, elapsed - LIVE_LAG_S)),
                 rate=sum(rates.values()),
                 p99_ms=traffic.live_p99(),
                 hot=hot,
