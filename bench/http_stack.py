@@ -6,7 +6,7 @@ was picked by measuring candidates side by side in one run on loopback, not by r
 * JSON: parse + dump of every corpus request with ``json``, ``orjson`` and ``msgspec``.
 * Server: a handler that parses a real OpenRTB body and answers a small JSON bid, on aiohttp,
   uvicorn (uvloop + httptools, raw ASGI), granian (ASGI) and the router's own httptools protocol
-  (``hotshard_bidder.router_server``): peak rate under ``wrk`` (closed loop) for a few seconds,
+  (``hotshard_bidder.http_server``): peak rate under ``wrk`` (closed loop) for a few seconds,
   then p50/p99 at a fixed 2,000 rps from ``hotshard loadgen`` (open loop).
 * Client: forwarding the corpus to an aiohttp server with aiohttp's client, httpx, httpcore and
   the router's own pool (``hotshard_bidder.shard_client``), measuring the client's CPU per
@@ -82,12 +82,12 @@ Granian("granian_app:app", address="127.0.0.1", port=int(sys.argv[1]), interface
 }
 SERVER_APPS["router-protocol"] = """
 import asyncio, sys, orjson, uvloop
-from hotshard_bidder.router_server import Response, RouterServer
+from hotshard_bidder.http_server import Response, HttpServer
 async def bid(request):
     body = orjson.loads(request.body)
     return Response.json(200, {"id": body["id"], "seatbid": []})
 async def main():
-    server = RouterServer({("POST", "/bid"): bid}, 65536)
+    server = HttpServer({("POST", "/bid"): bid}, 65536)
     await server.start("127.0.0.1", int(sys.argv[1]))
     await asyncio.Event().wait()
 uvloop.run(main())

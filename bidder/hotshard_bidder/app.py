@@ -13,7 +13,9 @@ predicted cost of a request refused for its cost is counted as refused demand, w
 control loop reads to move the campaign to the sandbox tier. Campaign configurations are read
 and written at ``/campaigns/{campaign}/config``; costs and containment events are at
 ``/resources``. No client input can produce a 500: a catch-all answers 400, and logs the first
-such surprise once, since it is a bug of ours.
+such surprise once, since it is a bug of ours. The HTTP layer (:mod:`.http_server`) answers
+what never reaches a handler itself: bodies over the limit (413) or too slow to arrive (408),
+and malformed HTTP (400); :meth:`BidderApp.count_refusal` counts those in the metrics.
 """
 
 from __future__ import annotations
@@ -27,24 +29,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiohttp import web
-
 from hotshard.routing.keys import key_problem
 from hotshard_bidder import scoring
 from hotshard_bidder.admission import RETRY_AFTER_S, Admission
 from hotshard_bidder.campaigns import CampaignBook
+from hotshard_bidder.http_server import Handler, Request, Response
 from hotshard_bidder.metrics import NO_PARTITION, BidderMetrics
 from hotshard_bidder.openrtb import BadRequest, Bid, build_response, check_request, parse_json
 from hotshard_bidder.resources import THROTTLED, CampaignResources, ResourceGuard
 from hotshard_bidder.serving import (
     COST_HEADER,
     DEADLINE_HEADER,
+    JSON,
     RETRY_MS_HEADER,
     SHARD_HEADER,
     VERSION_HEADER,
     TableWatch,
     json_response,
-    read_body,
 )
 from hotshard_bidder.settings import BidderSettings
 from hotshard_bidder.targeting import OFF_LOOP_EVAL_SECONDS, CampaignConfig
@@ -61,6 +62,9 @@ the common tmax, so it is refused (429) instead."""
 JUDGE_EVERY_S = 0.25
 """Rollouts are judged at least this often without requests: a campaign moved to the sandbox
 is rolled back here within a quarter second of the evidence being complete."""
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_HTTP_REFUSALS = {413: "too_large"}
+"""The metrics outcome of a request the HTTP layer refused; any other status is a bad request."""
 WORKER_NICE = 19
 """The rules worker runs at the lowest priority: inside the shard's cgroup the kernel gives the
 event loop's thread the CPU first, and the worker only what is left."""
@@ -100,7 +104,6 @@ class BidderApp:
             max_workers=1, thread_name_prefix=f"rules-{settings.shard}", initializer=_lower_priority
         )
         self._waiting_rules = 0
-        self._judging: asyncio.Task[None] | None = None
         self._reported_bug = False
         watch.holder.on_swap(self._on_swap)
         self.metrics.set_version(watch.holder.current.version)
@@ -111,40 +114,37 @@ class BidderApp:
         self.metrics.set_version(new.version)
         log.info("shard %s adopted routing table version %d", self.shard, new.version)
 
-    def build(self) -> web.Application:
-        # NB: aiohttp enforces the body limit itself (413) for chunked bodies too.
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
-        app.router.add_post("/openrtb2/auction", self.auction)
-        app.router.add_post("/", self.auction)
-        app.router.add_get("/metrics", self.prometheus)
-        app.router.add_get("/stats", self.stats)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_put("/campaigns/{campaign}/config", self.put_config)
-        app.router.add_get("/campaigns/{campaign}/config", self.get_config)
-        app.router.add_get("/resources", self.resources)
-        app.on_startup.append(self._start_judging)
-        app.on_cleanup.append(self._stop_background)
-        return app
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        """What :class:`~hotshard_bidder.http_server.HttpServer` serves for this shard."""
+        return {
+            ("POST", "/openrtb2/auction"): self.auction,
+            ("POST", "/"): self.auction,
+            ("GET", "/metrics"): self.prometheus,
+            ("GET", "/stats"): self.stats,
+            ("GET", "/healthz"): self.healthz,
+            ("GET", "/readyz"): self.readyz,
+            ("PUT", "/campaigns/{campaign}/config"): self.put_config,
+            ("GET", "/campaigns/{campaign}/config"): self.get_config,
+            ("GET", "/resources"): self.resources,
+        }
 
-    async def _start_judging(self, app: web.Application) -> None:
-        self._judging = asyncio.create_task(self._judge_periodically())
+    def count_refusal(self, status: int) -> None:
+        """Count a request the HTTP layer answered itself (413, 408, 400)."""
+        self.metrics.record(NO_PARTITION, _HTTP_REFUSALS.get(status, "bad_request"), 0.0, 0.0)
 
-    async def _judge_periodically(self) -> None:
+    async def judge_periodically(self) -> None:
+        """Judge the rollouts that are due, every ``JUDGE_EVERY_S``, until cancelled."""
         while True:
             await asyncio.sleep(JUDGE_EVERY_S)
             self.guard.judge_due(time.time())
 
-    async def _stop_background(self, app: web.Application) -> None:
-        if self._judging is not None:
-            self._judging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._judging
+    def close(self) -> None:
+        """Stop the rules worker; a rule evaluation in progress runs out its bound."""
         self.rules_worker.shutdown(wait=False, cancel_futures=True)
 
     # -- the auction ------------------------------------------------------------------------
 
-    async def auction(self, request: web.Request) -> web.Response:
+    async def auction(self, request: Request) -> Response:
         started = time.perf_counter()
         self.admission.enter()
         try:
@@ -178,7 +178,7 @@ class BidderApp:
         cpu: float = 0.0,
         extra: dict[str, str] | None = None,
         payload: dict[str, Any] | None = None,
-    ) -> web.Response:
+    ) -> Response:
         version = self.watch.holder.current.version
         self.metrics.record(partition, outcome, cpu, time.perf_counter() - started)
         headers = self._headers(version, cpu)
@@ -186,10 +186,7 @@ class BidderApp:
             headers.update(extra)
         return json_response(status, {"error": reason, **(payload or {})}, headers)
 
-    async def _serve(self, request: web.Request, started: float) -> web.Response:
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return self._refuse(413, "too_large", f"body over the {limit}-byte limit", started)
+    async def _serve(self, request: Request, started: float) -> Response:
         deadline = _int_header(request.headers.get(DEADLINE_HEADER))
         if deadline is not None and deadline <= time.time() * 1000:
             return self._refuse(
@@ -203,18 +200,12 @@ class BidderApp:
                 started,
                 extra={"Retry-After": str(RETRY_AFTER_S)},
             )
-        try:
-            body = await read_body(request)
-        except web.HTTPRequestEntityTooLarge:
-            return self._refuse(413, "too_large", f"body over the {limit}-byte limit", started)
-        if isinstance(body, str):
-            return self._refuse(408, "bad_request", body, started)
-        return await self._bid(request, body, started)
+        return await self._bid(request, started)
 
-    async def _bid(self, request: web.Request, body: bytes, started: float) -> web.Response:
+    async def _bid(self, request: Request, started: float) -> Response:
         cpu_start = time.thread_time()
         try:
-            view = check_request(parse_json(body))
+            view = check_request(parse_json(request.body))
         except BadRequest as exc:
             return self._refuse(
                 400, "bad_request", str(exc), started, cpu=time.thread_time() - cpu_start
@@ -316,10 +307,9 @@ class BidderApp:
         self.metrics.record(label, outcome, cpu, time.perf_counter() - started, campaign)
         headers = self._headers(snapshot.version, cpu)
         if not bids:
-            return web.Response(status=204, headers=headers)
-        return web.Response(
-            status=200, body=response_body, content_type="application/json", headers=headers
-        )
+            return Response(204, b"", headers)
+        headers["Content-Type"] = JSON
+        return Response(200, response_body, headers)
 
     async def _match_off_loop(
         self, res: CampaignResources, doc: dict[str, Any]
@@ -340,44 +330,41 @@ class BidderApp:
 
     # -- operations -------------------------------------------------------------------------
 
-    async def prometheus(self, request: web.Request) -> web.Response:
+    async def prometheus(self, request: Request) -> Response:
         self.metrics.set_inflight(self.admission.inflight)
         self.metrics.set_version(self.watch.holder.current.version)
-        return web.Response(
-            body=self.metrics.exposition(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
+        return Response(200, self.metrics.exposition(), {"Content-Type": METRICS_TYPE})
 
-    async def stats(self, request: web.Request) -> web.Response:
+    async def stats(self, request: Request) -> Response:
         return json_response(
             200, self.metrics.stats(self.watch.holder.current.version, self.admission.inflight)
         )
 
-    async def put_config(self, request: web.Request) -> web.Response:
+    async def put_config(self, request: Request) -> Response:
         """Store a new version of a campaign's configuration; 400 names what is wrong."""
-        campaign = request.match_info["campaign"]
+        campaign = request.params["campaign"]
         try:
-            config = CampaignConfig.model_validate_json(await request.read())
+            config = CampaignConfig.model_validate_json(request.body)
         except ValueError as exc:
             return json_response(400, {"error": f"invalid campaign configuration: {exc}"})
         stored = self.guard.configure(campaign, config)
         log.info("campaign %s configuration version %d stored", campaign, stored.version)
         return json_response(200, {"campaign": campaign, **stored.describe()})
 
-    async def get_config(self, request: web.Request) -> web.Response:
-        campaign = request.match_info["campaign"]
+    async def get_config(self, request: Request) -> Response:
+        campaign = request.params["campaign"]
         found = self.guard.describe(campaign)
         if found is None:
             return json_response(404, {"error": f"no state for campaign {campaign!r} here"})
         return json_response(200, found)
 
-    async def resources(self, request: web.Request) -> web.Response:
+    async def resources(self, request: Request) -> Response:
         return json_response(200, self.guard.report())
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def healthz(self, request: Request) -> Response:
         return json_response(200, {"alive": True, "shard": self.shard})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: Request) -> Response:
         snapshot = self.watch.holder.current
         known = self.shard in snapshot.urls
         payload = {

@@ -14,6 +14,7 @@ import logging
 from prometheus_client import disable_created_metrics
 
 from hotshard_bidder.app import BidderApp
+from hotshard_bidder.http_server import HttpServer
 from hotshard_bidder.serving import install_uvloop, open_service, serve, tick
 from hotshard_bidder.settings import (
     COMMON_FIELDS,
@@ -77,13 +78,19 @@ def main(args: argparse.Namespace) -> int:
     bidder = BidderApp(settings, watch)
 
     async def run() -> None:
-        await serve(
-            bidder.build(),
-            settings.host,
-            settings.port,
-            f"bidder {settings.shard}",
-            [watch.watcher.run, lambda: tick(HOT_ROLL_INTERVAL_S, bidder.metrics.hot.roll)],
+        server = HttpServer(
+            bidder.routes(), settings.max_body_bytes, bidder.count_refusal, "bidder"
         )
+        background = [
+            watch.watcher.run,
+            bidder.judge_periodically,
+            lambda: tick(HOT_ROLL_INTERVAL_S, bidder.metrics.hot.roll),
+        ]
+        try:
+            name = f"bidder {settings.shard}"
+            await serve(server, settings.host, settings.port, name, background)
+        finally:
+            bidder.close()
 
     asyncio.run(run())
     return 0

@@ -8,7 +8,7 @@ answered), ``X-Hotshard-Cost-Us`` (the shard's CPU) and ``X-Hotshard-Routing-Ver
 router's table version that routed the final attempt). Requests the router cannot route (bad
 JSON, no key, too large) are answered by the router itself with 400/413 and a reason.
 
-It serves HTTP with :mod:`hotshard_bidder.router_server` and forwards with
+It serves HTTP with :mod:`hotshard_bidder.http_server` and forwards with
 :mod:`hotshard_bidder.shard_client` (httptools on uvloop, no framework): at the front door the
 HTTP layer is most of the cost, and these cost a fraction of aiohttp's (``docs/http-stack.md``).
 """
@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import logging
-import signal
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -33,14 +30,14 @@ from hotshard.routing import RoutingSnapshot
 from hotshard_bidder.admission import RETRY_AFTER_S, Admission
 from hotshard_bidder.fair_shedding import ShardAllowanceSettings
 from hotshard_bidder.forwarding import Answer, Forwarder, error_answer
+from hotshard_bidder.http_server import Handler, HttpServer, Request, Response
 from hotshard_bidder.router_metrics import RouterMetrics
-from hotshard_bidder.router_server import Handler, Request, Response, RouterServer
 from hotshard_bidder.serving import (
-    SHUTDOWN_GRACE_S,
     VERSION_HEADER,
     TableWatch,
     install_uvloop,
     open_service,
+    serve,
     tick,
 )
 from hotshard_bidder.settings import (
@@ -57,7 +54,7 @@ log = logging.getLogger(__name__)
 HOT_ROLL_INTERVAL_S = 0.25
 """How often the heavy-hitter window is checked, so an idle router still publishes on time."""
 KEEPALIVE_S = 30.0
-"""Idle keep-alive connections to shards live 30 s: well under aiohttp's 75 s server timeout."""
+"""Idle keep-alive connections to shards live 30 s: well under the shards' 75 s idle timeout."""
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -200,29 +197,11 @@ async def serve_router(
 ) -> None:
     """Serve until SIGTERM/SIGINT, then answer what is in flight and stop."""
     settings = router.settings
-    server = RouterServer(router.routes(), settings.max_body_bytes, router.count_refusal)
-    port = await server.start(settings.host, settings.port)
-    log.info("router listening on http://%s:%s", settings.host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(job()) for job in background]
-    # NB: everything alive now (modules, settings, the table) lives as long as the process;
-    # frozen, the collector stops re-walking it in every full collection under load.
-    gc.freeze()
+    server = HttpServer(router.routes(), settings.max_body_bytes, router.count_refusal, "router")
     try:
-        await stop.wait()
-        log.info("router stopping: finishing requests in flight")
+        await serve(server, settings.host, settings.port, "router", background)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await server.shutdown(SHUTDOWN_GRACE_S)
         router.clients.close()
-    log.info("router stopped")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -2,11 +2,10 @@
 
 Both services load the routing table from a :class:`FileRoutingStore` (or, on a cluster, the
 routing ConfigMap: :mod:`hotshard_bidder.configmap_watch`), keep it current with a
-:class:`TableFollower` feeding a :class:`SnapshotHolder`, and run on uvloop until SIGTERM or
-SIGINT, then finish what is in flight and exit 0. The bidder serves aiohttp through
-:func:`serve`; the router has its own, leaner HTTP layer (:mod:`hotshard_bidder.router_server`)
-and shares the rest. Keeping that here leaves each service's module with only its own request
-logic.
+:class:`TableFollower` feeding a :class:`SnapshotHolder`, serve HTTP with
+:mod:`hotshard_bidder.http_server` on uvloop through :func:`serve` until SIGTERM or SIGINT, then
+finish what is in flight and exit 0. Keeping that here leaves each service's module with only
+its own request logic.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Mapping
@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import orjson
-from aiohttp import web
 from pydantic import ValidationError
 
 from hotshard.routing import RoutingSnapshot
 from hotshard.routing.store import FileRoutingStore, FileTableWatcher, RoutingStore, SnapshotHolder
 from hotshard_bidder.configmap_watch import ConfigMapRef, open_follower
+from hotshard_bidder.http_server import HttpServer, Response
 from hotshard_bidder.settings import BidderSettings, RouterSettings, settings_from_args
 
 log = logging.getLogger(__name__)
@@ -42,13 +41,12 @@ SHUTDOWN_GRACE_S = 5.0
 """Time given to requests in flight at SIGTERM: far above any request's deadline."""
 
 
-def json_response(
-    status: int, payload: Any, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """A JSON response serialized with orjson."""
-    return web.Response(
-        status=status, body=orjson.dumps(payload), content_type=JSON, headers=headers
-    )
+def json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON response serialized with orjson, with ``headers`` beside its content type."""
+    response = Response.json(status, payload)
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 class TableFollower(Protocol):
@@ -124,26 +122,6 @@ def open_service(
         return None
 
 
-BODY_READ_TIMEOUT_S = 0.5
-"""A body not fully received within 500 ms, the longest deadline a request may have, could not
-be answered in time anyway: answer 408 and free the slot, so slow senders cannot hold the
-in-flight budget that everyone else shares."""
-
-
-async def read_body(request: web.Request) -> bytes | str:
-    """The request's body, or the reason it could not be read (too slow, or the client left).
-
-    ``web.HTTPRequestEntityTooLarge`` is left to the caller, which knows its limit.
-    """
-    try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
-            return await request.read()
-    except TimeoutError:
-        return f"request body not received within {BODY_READ_TIMEOUT_S * 1000:.0f} ms"
-    except ConnectionError as exc:
-        return f"connection lost while reading the body: {exc}"
-
-
 def install_uvloop() -> None:
     """Use uvloop when it is installed; the stdlib loop works too, only slower."""
     try:
@@ -155,35 +133,34 @@ def install_uvloop() -> None:
 
 
 async def serve(
-    app: web.Application,
+    server: HttpServer,
     host: str,
     port: int,
     name: str,
     background: list[Callable[[], Coroutine[Any, Any, None]]],
 ) -> None:
-    """Serve ``app`` with ``background`` tasks running beside it until SIGTERM/SIGINT."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
+    """Serve with ``background`` tasks running beside the server until SIGTERM/SIGINT, then
+    stop accepting, let the requests in flight answer and stop the tasks."""
+    bound = await server.start(host, port)
     log.info("%s listening on http://%s:%s", name, host, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(job()) for job in background]
+    # NB: everything alive now (modules, settings, the table) lives as long as the process;
+    # frozen, the collector stops re-walking it in every full collection under load.
+    gc.freeze()
     try:
         await stop.wait()
         log.info("%s stopping: finishing requests in flight", name)
     finally:
+        await server.shutdown(SHUTDOWN_GRACE_S)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await runner.shutdown()
-        await asyncio.wait_for(runner.cleanup(), SHUTDOWN_GRACE_S)
     log.info("%s stopped", name)
 
 

@@ -114,11 +114,10 @@ async def test_a_campaign_header_of_non_utf8_bytes_is_a_clean_400_not_a_bug(
 ) -> None:
     import asyncio
 
-    from aiohttp.test_utils import TestServer
-
     from hotshard.routing import RoutingTable, Shard
     from hotshard.routing.store import FileRoutingStore
     from hotshard_bidder.app import BidderApp
+    from hotshard_bidder.http_server import HttpServer
     from hotshard_bidder.serving import TableWatch
     from hotshard_bidder.settings import BidderSettings
 
@@ -127,18 +126,21 @@ async def test_a_campaign_header_of_non_utf8_bytes_is_a_clean_400_not_a_bug(
     FileRoutingStore(path).initialize(RoutingTable.even([shard], partitions=64))
     app = BidderApp(BidderSettings(shard="s0", routing_file=path), TableWatch.open(path, 0.05))
     body = orjson.dumps({"id": "r1", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]})
-    async with TestServer(app.build()) as server:
-        # A raw request: aiohttp's client would encode the header as UTF-8.
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(
-            b"POST /openrtb2/auction HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"X-Hotshard-Campaign: \xff\xfe\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
-        )
-        await writer.drain()
-        answer = await reader.read()
-        writer.close()
-        await writer.wait_closed()
+    server = HttpServer(app.routes(), 65536, app.count_refusal, "bidder")
+    port = await server.start("127.0.0.1", 0)
+    # A raw request: an HTTP client library would encode the header as UTF-8.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /openrtb2/auction HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"X-Hotshard-Campaign: \xff\xfe\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    await server.shutdown(1.0)
+    app.close()
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"not text or has control characters" in answer
     assert b"UnicodeEncodeError" not in answer

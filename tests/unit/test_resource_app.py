@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from hotshard.routing import RoutingTable, Shard
 from hotshard.routing.store import FileRoutingStore
 from hotshard_bidder.app import BidderApp
+from hotshard_bidder.http_server import HttpServer
 from hotshard_bidder.serving import COST_HEADER, TableWatch
 from hotshard_bidder.settings import BidderSettings
 
@@ -33,14 +36,29 @@ def bidder(tmp_path: Path, tier: str) -> BidderApp:
     return BidderApp(settings, TableWatch.open(path, 0.05))
 
 
-async def send(client: TestClient[Any, Any], campaign: str) -> tuple[int, dict[str, str]]:
+@asynccontextmanager
+async def served(app: BidderApp) -> AsyncIterator[aiohttp.ClientSession]:
+    """The bidder on its real HTTP server on a free loopback port, and a client for it."""
+    server = HttpServer(app.routes(), app.settings.max_body_bytes, app.count_refusal, "bidder")
+    port = await server.start("127.0.0.1", 0)
+    judging = asyncio.create_task(app.judge_periodically())
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as client:
+            yield client
+    finally:
+        judging.cancel()
+        await server.shutdown(1.0)
+        app.close()
+
+
+async def send(client: aiohttp.ClientSession, campaign: str) -> tuple[int, dict[str, str]]:
     headers = {"X-Hotshard-Campaign": campaign, "Content-Type": "application/json"}
     resp = await client.post("/openrtb2/auction", data=orjson.dumps(REQUEST), headers=headers)
     await resp.read()
     return resp.status, dict(resp.headers)
 
 
-async def configure(client: TestClient[Any, Any], campaign: str, pattern: str) -> None:
+async def configure(client: aiohttp.ClientSession, campaign: str, pattern: str) -> None:
     body = {"rollout": "immediate", "rules": {"page_patterns": [pattern]}}
     resp = await client.put(f"/campaigns/{campaign}/config", data=orjson.dumps(body))
     assert resp.status == 200
@@ -50,7 +68,7 @@ async def test_a_throttled_campaign_leaves_its_refused_demand_and_every_answer_a
     tmp_path: Path,
 ) -> None:
     app = bidder(tmp_path, "base")
-    async with TestClient(TestServer(app.build())) as client:
+    async with served(app) as client:
         await configure(client, "greedy", BAD_PATTERN)
         answers = [await send(client, "greedy") for _ in range(12)]
         stats = await (await client.get("/stats")).json()
@@ -81,7 +99,7 @@ async def test_on_the_sandbox_tier_an_anomalous_campaign_runs_in_the_worker_thre
         return original(fn, *args)
 
     monkeypatch.setattr(app.rules_worker, "submit", spy)
-    async with TestClient(TestServer(app.build())) as client:
+    async with served(app) as client:
         await configure(client, "greedy", BAD_PATTERN)
         answers = []
         for _ in range(4):

@@ -12,8 +12,8 @@ from hotshard.routing.store import SnapshotHolder
 from hotshard.routing.table import RoutingTable, Shard
 from hotshard_bidder.fair_shedding import USUAL_HORIZON_S, ShardAllowance
 from hotshard_bidder.forwarding import ESTIMATE_HEADER, Forwarder
+from hotshard_bidder.http_server import HttpServer, Request, Response
 from hotshard_bidder.router_metrics import RouterMetrics
-from hotshard_bidder.router_server import Request, Response, RouterServer
 from hotshard_bidder.shard_client import ShardClients
 
 
@@ -45,7 +45,7 @@ class StillTable:
 @pytest.fixture
 async def shard() -> AsyncIterator[tuple[ScriptedShard, int]]:
     scripted = ScriptedShard([Response(204)])
-    server = RouterServer({("POST", "/openrtb2/auction"): scripted.answer}, 65536)
+    server = HttpServer({("POST", "/openrtb2/auction"): scripted.answer}, 65536)
     port = await server.start("127.0.0.1", 0)
     yield scripted, port
     await server.shutdown(1.0)
@@ -130,7 +130,7 @@ async def test_a_shard_slower_than_the_deadline_gets_504_and_a_breaker_failure()
         await asyncio.sleep(0.3)
         return Response(204)
 
-    server = RouterServer({("POST", "/openrtb2/auction"): stall}, 65536)
+    server = HttpServer({("POST", "/openrtb2/auction"): stall}, 65536)
     port = await server.start("127.0.0.1", 0)
     allowance = ShardAllowance(inflight_limit=4, shed_share=0.5)
     forwarder, _ = forwarder_to(port, allowance)

@@ -1,4 +1,4 @@
-"""The router's own HTTP layer on real loopback sockets: server framing and the shard pools."""
+"""The data plane's own HTTP layer on real loopback sockets: server framing and the shard pools."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from hotshard_bidder import router_server, shard_client
-from hotshard_bidder.router_server import Request, Response, RouterServer
+from hotshard_bidder import http_server, shard_client
+from hotshard_bidder.http_server import HttpServer, Request, Response
 from hotshard_bidder.shard_client import ShardConnectionError, ShardPool, parse_http_url
 
 LIMIT = 1024
@@ -29,11 +29,20 @@ async def slow_echo(request: Request) -> Response:
     return await echo(request)
 
 
+async def named(request: Request) -> Response:
+    return Response.json(200, request.params)
+
+
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[RouterServer, int]]:
-    routes = {("POST", "/echo"): echo, ("POST", "/slow"): slow_echo, ("GET", "/echo"): echo}
+async def server() -> AsyncIterator[tuple[HttpServer, int]]:
+    routes = {
+        ("POST", "/echo"): echo,
+        ("POST", "/slow"): slow_echo,
+        ("GET", "/echo"): echo,
+        ("PUT", "/items/{item}/config"): named,
+    }
     refused: list[int] = []
-    srv = RouterServer(routes, LIMIT, refused.append)
+    srv = HttpServer(routes, LIMIT, refused.append)
     port = await srv.start("127.0.0.1", 0)
     srv.refused = refused  # type: ignore[attr-defined]
     yield srv, port
@@ -70,7 +79,7 @@ def body_of(answer: bytes) -> dict[str, object]:
     return result
 
 
-async def test_pipelined_requests_are_answered_in_order(server: tuple[RouterServer, int]) -> None:
+async def test_pipelined_requests_are_answered_in_order(server: tuple[HttpServer, int]) -> None:
     _, port = server
     # the first is slow, so a server answering in completion order would swap them
     raw = post("/slow", b"0.05", "X-Tag: a") + post("/echo", b"quick", "X-Tag: b")
@@ -80,14 +89,14 @@ async def test_pipelined_requests_are_answered_in_order(server: tuple[RouterServ
 
 
 async def test_header_lookups_ignore_case_and_the_query_is_dropped(
-    server: tuple[RouterServer, int],
+    server: tuple[HttpServer, int],
 ) -> None:
     _, port = server
     (answer,) = await exchange(port, post("/echo?x=1", b"{}", "x-TAG: mixed"))
     assert body_of(answer) == {"path": "/echo", "body": "{}", "tag": "mixed"}
 
 
-async def test_a_chunked_body_is_reassembled(server: tuple[RouterServer, int]) -> None:
+async def test_a_chunked_body_is_reassembled(server: tuple[HttpServer, int]) -> None:
     _, port = server
     raw = (
         b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -98,7 +107,7 @@ async def test_a_chunked_body_is_reassembled(server: tuple[RouterServer, int]) -
 
 
 async def test_a_declared_oversized_body_gets_413_and_the_connection_closes(
-    server: tuple[RouterServer, int],
+    server: tuple[HttpServer, int],
 ) -> None:
     srv, port = server
     raw = post("/echo", b"x" * (LIMIT + 1))
@@ -109,7 +118,7 @@ async def test_a_declared_oversized_body_gets_413_and_the_connection_closes(
     assert srv.refused == [413]  # type: ignore[attr-defined]
 
 
-async def test_an_oversized_chunked_body_gets_413(server: tuple[RouterServer, int]) -> None:
+async def test_an_oversized_chunked_body_gets_413(server: tuple[HttpServer, int]) -> None:
     _, port = server
     chunk = b"x" * 800
     raw = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -119,10 +128,10 @@ async def test_an_oversized_chunked_body_gets_413(server: tuple[RouterServer, in
 
 
 async def test_a_stalled_body_gets_408(
-    server: tuple[RouterServer, int], monkeypatch: pytest.MonkeyPatch
+    server: tuple[HttpServer, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     srv, port = server
-    monkeypatch.setattr(router_server, "BODY_READ_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(http_server, "BODY_READ_TIMEOUT_S", 0.05)
     raw = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly part"
     (answer,) = await exchange(port, raw)
     assert answer.startswith(b"HTTP/1.1 408 ")
@@ -130,7 +139,7 @@ async def test_a_stalled_body_gets_408(
     assert srv.refused == [408]  # type: ignore[attr-defined]
 
 
-async def test_expect_continue_gets_an_interim_100(server: tuple[RouterServer, int]) -> None:
+async def test_expect_continue_gets_an_interim_100(server: tuple[HttpServer, int]) -> None:
     _, port = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
@@ -147,18 +156,32 @@ async def test_expect_continue_gets_an_interim_100(server: tuple[RouterServer, i
         (b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n", b"404"),
         (b"DELETE /echo HTTP/1.1\r\nHost: t\r\n\r\n", b"405"),
         (b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+        (b"GET /items/a/config HTTP/1.1\r\nHost: t\r\n\r\n", b"405"),
+        (b"PUT /items//config HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", b"404"),
+        (b"PUT /items/a/b/config HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", b"404"),
+        (b"PUT /items/a/other HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", b"404"),
     ],
 )
 async def test_unknown_routes_and_garbage_are_answered(
-    server: tuple[RouterServer, int], raw: bytes, status: bytes
+    server: tuple[HttpServer, int], raw: bytes, status: bytes
 ) -> None:
     _, port = server
     (answer,) = await exchange(port, raw)
     assert answer.split(b" ")[1] == status
 
 
+async def test_a_named_segment_is_matched_and_percent_decoded(
+    server: tuple[HttpServer, int],
+) -> None:
+    _, port = server
+    raw = b"PUT /items/camp%2F7%20b/config?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+    (answer,) = await exchange(port, raw)
+    assert answer.split(b" ")[1] == b"200"
+    assert body_of(answer) == {"item": "camp/7 b"}
+
+
 async def test_http_1_0_without_keep_alive_is_closed_after_the_answer(
-    server: tuple[RouterServer, int],
+    server: tuple[HttpServer, int],
 ) -> None:
     _, port = server
     raw = b"GET /echo HTTP/1.0\r\n\r\n"
@@ -168,10 +191,10 @@ async def test_http_1_0_without_keep_alive_is_closed_after_the_answer(
 
 
 async def test_idle_client_connections_are_swept(
-    server: tuple[RouterServer, int], monkeypatch: pytest.MonkeyPatch
+    server: tuple[HttpServer, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     srv, port = server
-    monkeypatch.setattr(router_server, "IDLE_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(http_server, "IDLE_TIMEOUT_S", 0.0)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(post("/echo", b"x"))
     await reader.readuntil(b"\r\n\r\n")
@@ -184,7 +207,7 @@ async def test_idle_client_connections_are_swept(
 
 
 async def test_the_pool_reuses_one_connection_for_sequential_requests(
-    server: tuple[RouterServer, int],
+    server: tuple[HttpServer, int],
 ) -> None:
     srv, port = server
     pool = ShardPool("s0", "127.0.0.1", port, limit=4, keepalive=30.0)
@@ -196,7 +219,7 @@ async def test_the_pool_reuses_one_connection_for_sequential_requests(
     pool.close()
 
 
-async def test_the_pool_never_opens_more_than_its_limit(server: tuple[RouterServer, int]) -> None:
+async def test_the_pool_never_opens_more_than_its_limit(server: tuple[HttpServer, int]) -> None:
     srv, port = server
     pool = ShardPool("s0", "127.0.0.1", port, limit=2, keepalive=30.0)
     answers = await asyncio.gather(*(pool.post("/slow", {}, b"0.02") for _ in range(6)))
@@ -206,7 +229,7 @@ async def test_the_pool_never_opens_more_than_its_limit(server: tuple[RouterServ
 
 
 async def test_a_connection_the_shard_closed_while_idle_is_replaced(
-    server: tuple[RouterServer, int],
+    server: tuple[HttpServer, int],
 ) -> None:
     srv, port = server
     pool = ShardPool("s0", "127.0.0.1", port, limit=1, keepalive=30.0)
@@ -224,7 +247,7 @@ async def test_a_connection_the_shard_closed_while_idle_is_replaced(
 
 
 async def test_a_cancelled_request_drains_its_late_answer_before_the_connection_is_reused(
-    server: tuple[RouterServer, int],
+    server: tuple[HttpServer, int],
 ) -> None:
     srv, port = server
     pool = ShardPool("s0", "127.0.0.1", port, limit=1, keepalive=30.0)
@@ -243,7 +266,7 @@ async def test_a_cancelled_request_drains_its_late_answer_before_the_connection_
 
 
 async def test_a_draining_connection_is_closed_if_its_answer_never_comes(
-    server: tuple[RouterServer, int], monkeypatch: pytest.MonkeyPatch
+    server: tuple[HttpServer, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, port = server
     monkeypatch.setattr(shard_client, "DRAIN_TIMEOUT_S", 0.02)

@@ -1,15 +1,17 @@
-"""The router's HTTP/1.1 server: asyncio protocols on uvloop with httptools' parser, no framework.
+"""The data plane's HTTP/1.1 server: asyncio protocols on uvloop with httptools, no framework.
 
-The router does little per request (one JSON parse, a hash, a forward), so the HTTP layer is
-most of its cost, and at the fleet's front door every microsecond is paid by every bid. aiohttp's
-server spent about as much CPU per request as the router's own logic; a protocol that parses
-with httptools (llhttp) and writes one ``bytes`` per response spends a fraction of it
+The router and the bidder shards do little per request (a JSON parse, a hash, a forward or a
+bid), so the HTTP layer is a large share of their cost, and every microsecond is paid by every
+bid. aiohttp's server spent about as much CPU per request as the router's own logic; a protocol
+that parses with httptools (llhttp) and writes one ``bytes`` per response spends a fraction of it
 (``docs/http-stack.md`` has the measurements). This module owns that layer: it parses requests,
 enforces the body limit (413) and the body's arrival time (408), answers ``Expect:
 100-continue``, keeps connections alive, answers pipelined requests in order, and on shutdown
 stops accepting, lets the handlers in flight finish and closes the rest.
 
 It knows nothing of bidding: a handler takes a :class:`Request` and returns a :class:`Response`.
+Routes are exact paths, or paths with ``{name}`` segments whose values the handler reads from
+``Request.params``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import cast
+from urllib.parse import unquote
 
 import httptools
 import orjson
@@ -70,6 +73,8 @@ class Request:
     path: str
     headers: Headers
     body: bytes
+    params: dict[str, str] = field(default_factory=dict)
+    """The values of the route's ``{name}`` segments."""
 
 
 @dataclass(slots=True)
@@ -107,7 +112,7 @@ def encode_response(response: Response, keep_alive: bool) -> bytes:
 class _Connection(asyncio.Protocol):
     """One client connection: parses its requests and writes their answers in order."""
 
-    def __init__(self, server: RouterServer) -> None:
+    def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
@@ -223,7 +228,7 @@ class _Connection(asyncio.Protocol):
         self.server.inflight.discard(task)
         self.busy = False
         if task.cancelled():
-            response = Response.json(503, {"error": "router shutting down"})
+            response = Response.json(503, {"error": f"{self.server.name} shutting down"})
             keep_alive = False
         else:
             response = task.result()  # dispatch never raises
@@ -278,10 +283,12 @@ def _too_large(limit: int) -> Response:
     return Response.json(413, {"error": f"body over the {limit}-byte limit"})
 
 
-class RouterServer:
+class HttpServer:
     """Serves ``routes`` (``(method, path) -> handler``) on one listening socket.
 
-    Build it inside the running event loop, which it keeps.
+    A path may hold ``{name}`` segments (``/campaigns/{campaign}/config``): each matches one
+    non-empty segment, percent-decoded into ``Request.params``. Build the server inside the
+    running event loop, which it keeps.
     """
 
     def __init__(
@@ -289,8 +296,15 @@ class RouterServer:
         routes: dict[tuple[str, str], Handler],
         max_body_bytes: int,
         on_refused: Callable[[int], None] | None = None,
+        name: str = "server",
     ) -> None:
-        self.routes = routes
+        self.name = name
+        self.routes = {key: handler for key, handler in routes.items() if "{" not in key[1]}
+        self.patterns = [
+            (method, tuple(path.split("/")), handler)
+            for (method, path), handler in routes.items()
+            if "{" in path
+        ]
         self.max_body_bytes = max_body_bytes
         self.on_refused = on_refused
         """Told the status of each request the HTTP layer answered itself (408, 413, 400)."""
@@ -307,14 +321,39 @@ class RouterServer:
         """The handler's answer; 404/405 for unknown routes; 500 if a handler raised."""
         handler = self.routes.get((request.method, request.path))
         if handler is None:
-            if any(path == request.path for _, path in self.routes):
-                return Response.json(405, {"error": f"{request.method} not allowed here"})
-            return Response.json(404, {"error": f"no such path {request.path}"})
+            handler, known_path = self._match(request)
+            if handler is None:
+                if known_path or any(path == request.path for _, path in self.routes):
+                    return Response.json(405, {"error": f"{request.method} not allowed here"})
+                return Response.json(404, {"error": f"no such path {request.path}"})
         try:
             return await handler(request)
         except Exception as exc:  # NB: a bug of ours must still answer, never drop the request
             log.exception("handler of %s %s failed", request.method, request.path)
-            return Response.json(500, {"error": f"router failure: {exc!r}"})
+            return Response.json(500, {"error": f"{self.name} failure: {exc!r}"})
+
+    def _match(self, request: Request) -> tuple[Handler | None, bool]:
+        """The handler of a ``{name}`` route matching the request (its values put in
+        ``request.params``), and whether the path matched a route of another method."""
+        segments = request.path.split("/")
+        known_path = False
+        for method, pattern, handler in self.patterns:
+            if len(pattern) != len(segments):
+                continue
+            params = {}
+            for want, got in zip(pattern, segments, strict=True):
+                if want.startswith("{") and want.endswith("}"):
+                    if not got:
+                        break
+                    params[want[1:-1]] = unquote(got)
+                elif want != got:
+                    break
+            else:
+                if method == request.method:
+                    request.params = params
+                    return handler, True
+                known_path = True
+        return None, known_path
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: a free port); return the bound port."""
