@@ -25,6 +25,11 @@ from types import TracebackType
 
 LOOPBACK = "127.0.0.1"
 READY_POLL_S = 0.05
+READY_TIMEOUT_S = 45.0
+"""How long a service may take to answer ``/readyz``. A bidder is ready in 1-2 s on a quiet
+machine, but starts under a half-core quota: on a fresh clone of a saturated 2-core box (CI
+with other jobs beside it) one took over 15 s to import. A service that dies is reported at
+once, whatever this says."""
 """Between /readyz probes: a service starts in ~0.5 s, so this costs at most one poll of wait."""
 STOP_GRACE_S = 5.0
 """Time a service gets after SIGTERM to finish requests in flight before SIGKILL."""
@@ -68,7 +73,7 @@ class ServiceProcess:
         port: int,
         log_path: Path,
         env: Mapping[str, str] | None = None,
-        ready_timeout: float = 15.0,
+        ready_timeout: float = READY_TIMEOUT_S,
     ) -> None:
         self.name = name
         self.args = list(args)
@@ -187,7 +192,7 @@ def start_service(
     log_dir: Path,
     port: int | None = None,
     env: Mapping[str, str] | None = None,
-    ready_timeout: float = 15.0,
+    ready_timeout: float = READY_TIMEOUT_S,
 ) -> ServiceProcess:
     """Start ``hotshard <args> --port <port>`` and register its stop with ``stack``."""
     port = port if port is not None else free_port()
