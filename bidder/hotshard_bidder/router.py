@@ -27,6 +27,7 @@ from prometheus_client import disable_created_metrics
 from pydantic import ValidationError
 
 from hotshard.routing import RoutingSnapshot
+from hotshard.routing.keys import key_problem
 from hotshard_bidder.admission import RETRY_AFTER_S, Admission
 from hotshard_bidder.fair_shedding import ShardAllowanceSettings
 from hotshard_bidder.forwarding import Answer, Forwarder, error_answer
@@ -150,9 +151,9 @@ class RouterApp:
         campaign = self.extractor.campaign(request.headers, doc)
         if campaign is None:
             return error_answer(400, f"no campaign key; looked in {self.extractor.describe()}"), 0
-        if not campaign.isprintable():
-            # NB: it travels in a header to the shard; a line break would forge headers there.
-            return error_answer(400, f"campaign key {campaign!r} has control characters"), 0
+        problem = key_problem(campaign)  # NB: the bidders' own check, so both refuse alike
+        if problem is not None:
+            return error_answer(400, problem), 0
         self.metrics.hot.add(campaign)
         partition = self.watch.holder.current.partition(campaign)  # fixed across table versions
         if self.shedder.enabled and not self.shedder.allow(
