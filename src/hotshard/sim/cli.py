@@ -4,13 +4,15 @@ Builds the fleet (``--scale large``: 10M requests/s, hundreds of shards; ``small
 fleet), compiles each scenario from ``scenarios/``, runs every strategy one after the other,
 prints the table and writes ``bench/results/simulation.json`` and ``.md``. With
 ``--compare-local FILE`` (default: ``bench/results/strategies.json`` when it exists) the small
-scale is checked against the local benchmark's measurements.
+scale is checked against the local benchmark's measurements, and replays the scenarios with the
+timings that benchmark used (``make bench`` runs their ``--quick`` version).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 from hotshard.datasets import REPO_ROOT
 from hotshard.engine.config import CalendarEvent
+from hotshard.local.demo import QUICK_COOLDOWN_S
 from hotshard.local.scenario import ScenarioError, TrafficPlan, compile_plan, load_scenario
 from hotshard.sim.config import FleetModel, calibrate_cost_us, large_model, small_model
 from hotshard.sim.policies import (
@@ -64,7 +67,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--compare-local",
         type=Path,
         default=None,
-        help="the local benchmark's strategies.json to check the small scale against",
+        help="the local benchmark's strategies.json to check the small scale against (the "
+        "small scale then uses its timings; default: bench/results/strategies.json)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
 
@@ -104,12 +108,25 @@ def calendar_of(plan: TrafficPlan) -> tuple[CalendarEvent, ...]:
     )
 
 
+def local_quick(path: Path | None) -> bool:
+    """Whether the local benchmark in ``path`` ran the scenarios' ``--quick`` timings (``make
+    bench`` does by default): the small scale then replays the same timings, so each phase
+    covers the same stretch of the trace and the engine waits the same cooldown."""
+    if path is None:
+        return False
+    try:
+        return json.loads(path.read_text()).get("quick") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def run_scale(
-    model: FleetModel, scenarios: list[str], strategies: list[Strategy]
+    model: FleetModel, scenarios: list[str], strategies: list[Strategy], *, quick: bool = False
 ) -> dict[str, dict[str, dict[str, Any]]]:
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for name in scenarios:
-        plan = compile_plan(load_scenario(name))
+        scenario = load_scenario(name)
+        plan = compile_plan(scenario.quickened() if quick else scenario)
         traffic = build_traffic(plan, model)
         results[plan.scenario.name] = {}
         for strategy in strategies:
@@ -135,22 +152,26 @@ def main(args: argparse.Namespace) -> int:
         "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "scales": {},
     }
+    local = args.compare_local or (LOCAL_RESULTS if LOCAL_RESULTS.exists() else None)
     for scale in scales:
+        quick = scale == "small" and local_quick(local)
         model = large_model(cost, args.rate) if scale == "large" else small_model(cost)
+        if quick:
+            model = model.model_copy(update={"cooldown_s": QUICK_COOLDOWN_S})
         t0 = time.perf_counter()
         try:
-            results = run_scale(model, scenarios, strategies)
+            results = run_scale(model, scenarios, strategies, quick=quick)
         except ScenarioError as exc:
             print(f"hotshard simulate: {exc}")
             return 2
         entry: dict[str, Any] = {
             "model": model.model_dump(),
             "rate_rps": model.total_rps or "the scenario's base_rate",
+            "timings": "quick, as the local benchmark" if quick else "full",
             "calibration": calibration,
             "wall_seconds": round(time.perf_counter() - t0, 1),
             "scenarios": results,
         }
-        local = args.compare_local or (LOCAL_RESULTS if LOCAL_RESULTS.exists() else None)
         if scale == "small" and local is not None:
             entry["local_comparison"] = compare_with_local(results, local, TOLERANCE)
         report["scales"][scale] = entry

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hotshard.datasets import REPO_ROOT
+from hotshard_bidder.corpus import RequestCorpus
+from hotshard_bidder.settings import RouterSettings
 
 Scale = Literal["small", "large"]
 DATAPLANE_RESULTS = REPO_ROOT / "bench" / "results" / "dataplane.json"
@@ -57,7 +60,20 @@ class FleetModel(BaseModel):
     tail_campaigns_per_partition: int = Field(
         default=64, ge=1, description="Azure Functions daily totals summed into one partition."
     )
-    deadline_s: float = Field(default=0.1, gt=0, description="OpenRTB tmax: 100 ms.")
+    deadlines: tuple[tuple[float, float], ...] = Field(
+        default=((0.1, 1.0),),
+        description="(seconds, share of requests): when the router gives up on a request and "
+        "answers 504, which the load generator records at that latency. A request's deadline is "
+        "its tmax clamped to 500 ms, else 100 ms; the builders below use the mix of the corpus "
+        "the load generator sends (corpus_deadlines).",
+    )
+    proxy_timeout_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="Bounded-load's proxy answers 504 at this one timeout for every request: "
+        "HAProxy cannot read a body's tmax, so make bench gives it the router's default "
+        "deadline.",
+    )
     max_inflight: int = Field(
         default=64, ge=1, description="The bidder's in-flight limit; beyond it, a 429."
     )
@@ -85,6 +101,15 @@ class FleetModel(BaseModel):
         "one request's rules (hotshard_bidder.targeting), 200x the rules' usual 0.1 ms.",
     )
     seed: int = 7
+
+    @field_validator("deadlines")
+    @classmethod
+    def _a_mix(cls, value: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        if not value or any(d <= 0 or w <= 0 for d, w in value):
+            raise ValueError("deadlines: positive (seconds, share) pairs")
+        if not math.isclose(sum(w for _, w in value), 1.0, abs_tol=1e-9):
+            raise ValueError("deadlines: the shares must add up to 1")
+        return value
 
     @property
     def servers(self) -> int:
@@ -137,6 +162,24 @@ def calibrate_cost_us(path: Path = DATAPLANE_RESULTS) -> tuple[float, str]:
     return cost, note
 
 
+def corpus_deadlines() -> tuple[tuple[float, float], ...]:
+    """The deadlines of the requests the load generator sends, as (seconds, share) pairs.
+
+    The generator draws each request's body uniformly from the OpenRTB corpus
+    (``hotshard_bidder.corpus``), and the router sets its deadline from the body's ``tmax``,
+    clamped to ``max_deadline_ms``, or ``default_deadline_ms`` without one. Of the 58 bodies,
+    35 carry no tmax (100 ms) and 16 ask for 500 ms or more (clamped to 500 ms).
+    """
+    fields = RouterSettings.model_fields
+    default = fields["default_deadline_ms"].default
+    clamp = fields["max_deadline_ms"].default
+    corpus = RequestCorpus.load()
+    counts = Counter(
+        default if t.tmax_ms is None else min(t.tmax_ms, clamp) for t in corpus.templates
+    )
+    return tuple((ms / 1000.0, n / len(corpus)) for ms, n in sorted(counts.items()))
+
+
 def small_model(cost_us: float) -> FleetModel:
     """The local fleet of ``hotshard demo`` (``FleetShape`` and ``engine_config`` there)."""
     return FleetModel(
@@ -147,6 +190,7 @@ def small_model(cost_us: float) -> FleetModel:
         warm_shards=3,
         cores=0.15,
         cost_us=cost_us,
+        deadlines=corpus_deadlines(),
     )
 
 
@@ -163,6 +207,7 @@ def large_model(cost_us: float, total_rps: float = 10e6) -> FleetModel:
         warm_shards=8,
         cores=cores,
         cost_us=cost_us,
+        deadlines=corpus_deadlines(),
         # NB: sized so the book's biggest campaign (Donald_Trump, 16.8 % of the named traffic)
         # is a quarter of a shard, the most the router lets one campaign have unshed; the
         # 100 named campaigns are then the head of a book of thousands.

@@ -48,6 +48,9 @@ class Policy:
     strategy: Strategy
     reads_partitions = False
     """Whether :meth:`after` reads per-partition loads (only the engine does)."""
+    reads_tmax = True
+    """Whether the front door gives each request its own deadline from its tmax (hotshard's
+    router, which every strategy but bounded-load sends through) or one timeout to all."""
 
     def __init__(self, model: FleetModel) -> None:
         self.model = model
@@ -74,6 +77,7 @@ class BoundedLoadPolicy(Policy):
     """The proxy spreads a partition past shards over 1.25x the mean; load is CPU in flight."""
 
     strategy = Strategy.BOUNDED_LOAD
+    reads_tmax = False  # NB: HAProxy cannot read a body's tmax (FleetModel.proxy_timeout_s)
 
     def __init__(self, model: FleetModel) -> None:
         super().__init__(model)

@@ -8,8 +8,10 @@ from the CPU its requests cost, plus a fluid backlog for the seconds it is overl
   expressed as seconds of work; what does not fit is refused at once with a 429;
 - while the backlog is non-empty every admitted request waits for it to drain (its mean over
   the second); otherwise the wait follows Erlang C: ``P(W > t) = C(c, a) exp(-(c mu - lambda) t)``;
-- a request's latency is its own service time plus that wait; past the deadline it is a
-  timeout, recorded at the deadline (the bidder answers 408 then, too late to bid).
+- a request's latency is its own service time plus that wait; past its deadline it is a
+  timeout, recorded at the deadline: the router (or the proxy in front of the shards) answers
+  504 then, and the load generator records that answer's latency. Deadlines differ by request
+  (a body's tmax, clamped), so the mass past each deadline moves to that deadline.
 
 Latencies go into a log-spaced histogram per group (hot, other), from which a phase's p99 is
 read. Requests refused with a 429 take no part in the percentiles.
@@ -17,6 +19,7 @@ read. Requests refused with a 429 take no part in the percentiles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,28 +105,37 @@ def step_shards(
 
 
 def latency_mass(
-    state: ShardSecond, admitted: np.ndarray, service: np.ndarray, deadline_s: float
+    state: ShardSecond,
+    admitted: np.ndarray,
+    service: np.ndarray,
+    deadlines: Sequence[tuple[float, float]],
 ) -> tuple[np.ndarray, float]:
     """Histogram counts of ``admitted`` requests per shard with own ``service`` time, and the
-    number that missed ``deadline_s`` (their latency is recorded at the deadline)."""
+    number that missed their deadline.
+
+    ``deadlines`` are (seconds, share of requests) pairs. A request that misses its deadline is
+    recorded at the deadline, which is what the load generator sees: the router gives up and
+    answers 504 then. One that meets it is recorded at its modelled latency, however long.
+    """
     base = service + state.queue_wait  # latency with no M/M/c wait
     t = EDGES[None, :] - base[:, None]
     tail = state.erlang_c[:, None] * np.exp(-state.decay[:, None] * np.maximum(t, 0.0))
-    cdf = np.where(t >= 0, 1.0 - tail, 0.0)
-    cdf[:, -1] = 1.0  # NB: everything beyond 10 s lands in the last bin
-    counts = np.diff(cdf, axis=1) * admitted[:, None]
-    t_dead = deadline_s - base
-    survive = np.where(
-        t_dead >= 0, state.erlang_c * np.exp(-state.decay * np.maximum(t_dead, 0.0)), 1.0
-    )
-    late = float((survive * admitted).sum())
-    # Late requests are answered (408) at the deadline: move their mass there.
-    # TODO(#8): the local load generator measures late answers at their real latency; record
-    # them at their modelled latency too, so the small-scale check compares like with like.
-    counts[:, EDGES[1:] > deadline_s] = 0.0
-    hist = counts.sum(axis=0)
-    at = int(np.searchsorted(EDGES[1:], deadline_s))
-    hist[min(at, len(hist) - 1)] += late
+    # Requests (over all shards) whose latency is at most each edge.
+    below = (np.where(t >= 0, 1.0 - tail, 0.0) * admitted[:, None]).sum(axis=0)
+    total = float(admitted.sum())
+    hist = np.zeros(len(EDGES) - 1)
+    late = 0.0
+    for deadline, share in deadlines:
+        t_dead = deadline - base
+        missed = np.where(
+            t_dead >= 0, state.erlang_c * np.exp(-state.decay * np.maximum(t_dead, 0.0)), 1.0
+        )
+        late += share * float((missed * admitted).sum())
+        # NB: every request is answered by its deadline, so the CDF reaches the total there;
+        # the late ones fill the bin the deadline falls in. Past 10 s: the last bin.
+        capped = np.where(deadline > EDGES, below, total)
+        capped[-1] = total
+        hist += share * np.diff(capped)
     return hist, late
 
 
