@@ -22,8 +22,8 @@ refused for their cost (CPU tokens, resource breaker) were predicted to spend. A
 bidder throttles spends next to nothing, yet it is exactly the resource hot spot the engine must
 move to the sandbox tier; counting only what was spent would hide it behind its own
 containment. A shard's CPU stays what it spent, since that is what fills it.
-aiohttp is the client because the services already depend on it; one more HTTP stack would buy
-nothing here.
+aiohttp is the client because kopf, which runs the operator, already depends on it: one more
+HTTP stack would buy nothing here.
 """
 
 from __future__ import annotations
