@@ -343,6 +343,9 @@ class BidderApp:
     async def put_config(self, request: Request) -> Response:
         """Store a new version of a campaign's configuration; 400 names what is wrong."""
         campaign = request.params["campaign"]
+        problem = key_problem(campaign)
+        if problem is not None:
+            return json_response(400, {"error": problem})
         try:
             config = CampaignConfig.model_validate_json(request.body)
         except ValueError as exc:

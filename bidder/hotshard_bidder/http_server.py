@@ -345,7 +345,9 @@ class HttpServer:
                 if want.startswith("{") and want.endswith("}"):
                     if not got:
                         break
-                    params[want[1:-1]] = unquote(got)
+                    # NB: bytes that are not UTF-8 become lone surrogates, which a handler
+                    # can refuse, rather than U+FFFD, which would merge different names.
+                    params[want[1:-1]] = unquote(got, errors="surrogateescape")
                 elif want != got:
                     break
             else:

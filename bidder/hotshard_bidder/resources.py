@@ -43,6 +43,9 @@ JUDGE_INTERVAL_S = 0.1
 """A rollout is judged at most ten times a second: its evidence changes no faster."""
 EPISODE_GAP_S = 1.0
 """Refusals less than a second apart belong to one throttling episode (one event)."""
+PROBE_INTERVAL_S = 1.0
+"""A campaign none of whose requests has run for this long may run one whose cost is only
+guessed (:meth:`ResourceGuard._probe`): the ``Retry-After: 1`` its refusals carry."""
 
 
 class GuardPolicy(BaseModel):
@@ -76,8 +79,12 @@ class CampaignResources:
     cpu_seconds: float = 0.0
     throttled: int = 0
     predicted_refusals: int = 0
+    probes: int = 0
+    """Requests of an unseen shape let through on a guess (:data:`PROBE_INTERVAL_S`)."""
     tripped: int = 0
     last_refusal: float = -1e18
+    last_ran: float = -1e18
+    """When a request of the campaign last ran here (settled), or was let through as a probe."""
     next_judge: float = 0.0
     # Per-request scratch, valid from admit() to settle():
     version: int = 0
@@ -199,13 +206,18 @@ class ResourceGuard:
             # NB: a shape never seen under an anomalous campaign is predicted at the campaign's
             # current cost, so a bad version does not run once per request shape to be learnt.
             known = self.profiler.costs.predict(res.key)
-            res.predicted = known or (self.current_cost(res) if res.profile.anomalous else 0.0)
+            guessed = not known and res.profile.anomalous
+            res.predicted = known or (self.current_cost(res) if guessed else 0.0)
             res.profiling = True
+        else:
+            guessed = False
         if not self.policy.enabled:
             return None
         if not res.breaker.allow(now):
             res.tripped += 1
             return TRIPPED
+        if guessed and self._probe(res, now):
+            return None
         if res.predicted <= self.max_request and bucket.admit(now, res.predicted):
             return None
         if res.breaker.state is BreakerState.HALF_OPEN:
@@ -235,6 +247,26 @@ class ResourceGuard:
             self._tripped(res, now)
         return THROTTLED
 
+    def _probe(self, res: CampaignResources, now: float) -> bool:
+        """Whether to run a request whose cost is only guessed, to measure it.
+
+        A guess is not evidence. A campaign made anomalous by one expensive request would
+        otherwise have every request of another shape refused at the guessed cost, never run,
+        never measured: refused for good while its ``Retry-After`` says one second. So when
+        none of its requests has run for :data:`PROBE_INTERVAL_S` and its bucket has tokens,
+        one runs, and the cost of its shape is learnt (the tokens then charge what it spent).
+        A bad version still runs at most one request a second this way, not one per shape."""
+        if now - res.last_ran < PROBE_INTERVAL_S:
+            return False
+        res.bucket.refill(now)
+        if res.bucket.tokens <= 0:
+            return False
+        if res.predicted <= min(res.bucket.tokens, self.max_request):
+            return False  # NB: it would be admitted anyway; keep the probe for when it is not
+        res.last_ran = now
+        res.probes += 1
+        return True
+
     def retry_after(self, res: CampaignResources, refusal: str, now: float) -> str:
         if refusal == TRIPPED:
             return str(max(1, round(res.breaker.retry_in(now) + 0.5)))
@@ -251,6 +283,7 @@ class ResourceGuard:
         and the breaker charge what was spent."""
         res.requests += 1
         res.cpu_seconds += cost
+        res.last_ran = now
         asked = max(cost, ran_out)
         if res.profiling:
             self.profiler.costs.learn(res.key, asked)
@@ -383,6 +416,7 @@ class ResourceGuard:
                     else None,
                     "throttled": r.throttled,
                     "predicted_refusals": r.predicted_refusals,
+                    "probes": r.probes,
                     "tripped": r.tripped,
                     "breaker": r.breaker.state.value,
                     "active_version": r.active,

@@ -145,3 +145,13 @@ async def test_a_campaign_header_of_non_utf8_bytes_is_a_clean_400_not_a_bug(
     assert b"not text or has control characters" in answer
     assert b"UnicodeEncodeError" not in answer
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_request_over_the_impression_limit_is_refused_before_any_is_priced() -> None:
+    from hotshard_bidder.openrtb import MAX_IMPS
+
+    at_limit = {"id": "r", "imp": [{"id": str(i)} for i in range(MAX_IMPS)]}
+    assert len(check_request(at_limit).imps) == MAX_IMPS
+    over = {"id": "r", "imp": [{"id": str(i)} for i in range(2000)]}
+    with pytest.raises(BadRequest, match=r"'imp' has 2000 impressions; at most 64 are served"):
+        check_request(over)

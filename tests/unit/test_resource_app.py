@@ -114,3 +114,25 @@ async def test_on_the_sandbox_tier_an_anomalous_campaign_runs_in_the_worker_thre
     assert [s for s, _ in answers] == [204] * 4
     assert all(int(h[COST_HEADER]) > 1000 for _, h in answers)
     assert costs["sandboxed"] is True
+
+
+@pytest.mark.parametrize(
+    ("segment", "reason"),
+    [
+        ("bad%00key", r"campaign key 'bad\x00key' is not text or has control characters"),
+        ("bad%ffkey", r"campaign key 'bad\udcffkey' is not text or has control characters"),
+    ],
+)
+async def test_a_configuration_for_a_key_no_request_could_carry_is_refused(
+    tmp_path: Path, segment: str, reason: str
+) -> None:
+    app = bidder(tmp_path, "base")
+    body = orjson.dumps({"rollout": "immediate", "rules": {"page_patterns": ["^x"]}})
+    async with served(app) as client:
+        resp = await client.put(f"/campaigns/{segment}/config", data=body)
+        answer = await resp.json()
+        good = await client.put("/campaigns/camp%2F7/config", data=body)
+        stored = await good.json()
+    assert (resp.status, answer) == (400, {"error": reason})
+    assert (good.status, stored["campaign"]) == (200, "camp/7")
+    assert set(app.guard.campaigns) == {"camp/7"}

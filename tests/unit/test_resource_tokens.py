@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from hotshard_bidder.openrtb import check_request
@@ -151,3 +153,60 @@ def test_a_bad_canary_does_not_get_the_old_version_refused() -> None:
     assert guard.demanded(res) == 0.0
     res.version = 0
     assert guard.demanded(res) == pytest.approx(0.02)
+
+
+def test_one_expensive_request_does_not_get_a_campaigns_other_shapes_refused_for_good() -> None:
+    guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: 0.0)
+    res = guard.entry("c1", 0.0)
+    flood = check_request({"id": "r", "imp": [{"id": str(i)} for i in range(60)]})
+    small = check_request({"id": "r", "imp": [{"id": "1"}], "site": {"page": "http://a.test/"}})
+    assert guard.admit(res, flood, 0.0) is None  # nothing known yet: it runs
+    guard.settle(res, 0.094, 0.0, 0.0)
+    assert res.profile.anomalous
+    # An unseen shape is guessed at the campaign's cost and refused...
+    assert guard.admit(res, small, 0.5) == THROTTLED
+    assert res.predicted == pytest.approx(res.profile.fast)
+    # ...until a second has passed with nothing run: then one runs, and its cost is learnt.
+    assert guard.admit(res, small, 1.1) is None
+    assert res.probes == 1
+    guard.settle(res, 50e-6, 0.0, 1.1)
+    assert guard.profiler.costs.predict(res.key) == pytest.approx(50e-6)
+    # From now on that shape is admitted on what it was measured to cost.
+    for i in range(5):
+        assert guard.admit(res, small, 1.2 + i * 0.01) is None
+        assert res.predicted == pytest.approx(50e-6)
+        guard.settle(res, 50e-6, 0.0, 1.2 + i * 0.01)
+    assert res.probes == 1
+    # The flood's own shape stays refused on its measured 94 ms, probe or not.
+    assert guard.admit(res, flood, 5.0) == THROTTLED
+    assert res.predicted == pytest.approx(0.094)
+    assert res.probes == 1
+
+
+def test_a_probe_runs_at_most_once_a_second_and_only_with_tokens() -> None:
+    guard = ResourceGuard("s1", GuardPolicy(), clock=lambda: 0.0)
+    res = guard.entry("c1", 0.0)
+    view = check_request({"id": "r", "imp": [{"id": "1"}], "site": {"page": "http://a.test/"}})
+    assert guard.admit(res, view, 0.0) is None
+    guard.settle(res, 0.094, 0.0, 0.0)
+    shapes = [
+        check_request({"id": "r", "imp": [{"id": "1"}], "app": {"bundle": f"b{i}"}, "tmax": i})
+        for i in range(1, 40)
+    ]
+    let_through = [
+        t
+        for t, v in zip(range(39), shapes, strict=True)
+        if guard.admit(res, v, 1.0 + t * 0.1) is None
+    ]
+    # Unseen shapes, one every 100 ms for 3.9 s, none settled: at most one probe a second
+    # (fewer while the resource breaker, tripped by the guessed demand, refuses them all).
+    assert let_through[:2] == [0, 10]
+    assert all(b - a >= 10 for a, b in itertools.pairwise(let_through))
+    assert res.probes == len(let_through) >= 3
+    res.bucket.tokens = -res.bucket.burst  # in debt: no probe, however long it waited
+    res.bucket.updated = 100.0
+    res.predicted = 0.094
+    assert not guard._probe(res, 100.0)
+    res.bucket.tokens = res.bucket.burst  # the same wait with tokens: a probe
+    assert guard._probe(res, 100.0)
+    assert not guard._probe(res, 100.5)  # and not another within the second
