@@ -24,6 +24,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -268,6 +269,28 @@ async def _tick(
     while True:
         await asyncio.sleep(1.0)
         progress(recorder, int(loop.time() - start))
+
+
+def start_without_sigint(proc: Any) -> None:
+    """Start a ``multiprocessing`` child that ignores SIGINT; its parent is the one to stop it.
+
+    Ctrl-C sends SIGINT to the whole foreground process group, the children included: each
+    would print a ``KeyboardInterrupt`` traceback from wherever it was, while the parent is
+    already terminating them. An ignored signal stays ignored through fork and exec (a blocked
+    one does not, here), and Python keeps an ignored SIGINT ignored, so even the child's
+    start-up imports are covered. Only the main thread may change a handler; elsewhere the
+    child starts as usual.
+    """
+    # NB: an interrupt in the few milliseconds of the fork is lost for the parent too.
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        proc.start()
+        return
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_in_uvloop(coro: Any) -> Any:

@@ -121,3 +121,49 @@ def test_a_scenario_that_is_not_text_is_refused_clearly(tmp_path: Path) -> None:
     path.write_bytes(b"name: x\n\xff\xfe\x00junk")
     with pytest.raises(ScenarioError, match="is not UTF-8 text"):
         load_scenario(path)
+
+
+def test_a_repeated_campaign_key_is_refused_with_the_field() -> None:
+    doc = valid()
+    doc["campaigns"]["keys"] = [  # type: ignore[index]
+        {"name": "a", "weight": 1},
+        {"name": "b", "weight": 1},
+        {"name": "a", "weight": 2},
+    ]
+    with pytest.raises(
+        ScenarioError,
+        match=r"field `campaigns\.keys`: campaign names must be unique; repeated: a$",
+    ):
+        parse_scenario(doc)
+
+
+def test_a_repeated_spike_campaign_is_refused_with_the_field() -> None:
+    doc = valid()
+    doc["spike"]["campaigns"] = ["b", "b"]  # type: ignore[index]
+    with pytest.raises(ScenarioError, match=r"field `spike\.campaigns`: .*repeated: b$"):
+        parse_scenario(doc)
+
+
+def test_a_scenario_whose_every_campaign_is_hot_gets_no_other_generator(tmp_path: Path) -> None:
+    from hotshard.local.traffic import build_specs
+
+    doc = valid()
+    doc["campaigns"]["keys"] = [{"name": "a", "weight": 1}]  # type: ignore[index]
+    doc["spike"]["campaigns"] = ["a"]  # type: ignore[index]
+    plan = compile_plan(parse_scenario(doc))
+    assert plan.other_rate == 0.0
+    specs = build_specs(plan, "http://127.0.0.1:9/openrtb2/auction", tmp_path / "t.csv", seed=1)
+    # NB: a "constant:0.000" generator is what crashed a child process before.
+    assert list(specs) == ["hot"]
+    assert specs["hot"].names == ("a",)  # type: ignore[attr-defined]
+    assert specs["hot"].hot == 1
+
+
+def test_a_scenario_with_steady_campaigns_gets_both_generators(tmp_path: Path) -> None:
+    from hotshard.local.traffic import build_specs
+
+    plan = compile_plan(parse_scenario(valid()))
+    specs = build_specs(plan, "http://127.0.0.1:9/openrtb2/auction", tmp_path / "t.csv", seed=1)
+    assert list(specs) == ["other", "hot"]
+    assert specs["other"].profile == "constant:75.000"
+    assert specs["other"].names == ("a",)  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -120,6 +121,25 @@ def check_report_dir(path: Path) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK):
         return "the report directory is not writable"
     return None
+
+
+def keep_failed_log(exc: ServiceError, report_dir: Path) -> ServiceError:
+    """The error, naming a copy of the failed service's log in ``report_dir``.
+
+    The run's logs live in a temporary folder that is deleted as the demo stops, so the path
+    the error named would be gone by the time the user reads it.
+    """
+    source = exc.log_path
+    if source is None:
+        return exc
+    kept = report_dir / f"failed-{source.name}"
+    try:
+        shutil.copyfile(source, kept)
+    except OSError:
+        where = "its log went with the run's temporary folder; its last lines"
+    else:
+        where = f"log kept at {kept}"
+    return ServiceError(str(exc).replace(f"log {source}", where), log_path=None)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -283,8 +303,10 @@ async def run_pass(
                 code = service.proc.poll() if service.proc is not None else None
                 raise ServiceError(
                     f"{name} exited with code {code} during the run, so it stopped; "
-                    f"log {service.log_path}:\n{log_tail(service.log_path)}"
+                    f"log {service.log_path}:\n{log_tail(service.log_path)}",
+                    log_path=service.log_path,
                 )
+            traffic.check_alive()
 
         samples = await _watch(plan, loop, fleet, refresh, traffic, title, t0, view, check_alive)
         stop.set()
@@ -485,6 +507,8 @@ async def _demo(args: argparse.Namespace, plan: TrafficPlan, cooldown: float) ->
                 )
                 assert main_pass is not None
             assert main_pass is not None
+        except ServiceError as exc:
+            raise keep_failed_log(exc, args.report) from None
         finally:
             if prometheus is not None:
                 prometheus.stop()

@@ -39,6 +39,11 @@ LOG_TAIL_LINES = 30
 class ServiceError(RuntimeError):
     """A service did not start or did not stop; the message includes the tail of its log."""
 
+    def __init__(self, message: str, *, log_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.log_path = log_path
+        """The log the message names, so a caller can keep it before its folder goes."""
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
@@ -131,7 +136,8 @@ class ServiceProcess:
             if code is not None:
                 raise ServiceError(
                     f"{self.name} exited with code {code} before it was ready; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{log_tail(self.log_path)}",
+                    log_path=self.log_path,
                 )
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
@@ -142,7 +148,8 @@ class ServiceProcess:
             if time.monotonic() > deadline:
                 raise ServiceError(
                     f"{self.name} was not ready on {self.url} within {self.ready_timeout:.0f}s; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{log_tail(self.log_path)}",
+                    log_path=self.log_path,
                 )
             time.sleep(READY_POLL_S)
 

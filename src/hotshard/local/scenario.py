@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hotshard import datasets
 from hotshard_bidder.targeting import CampaignConfig
@@ -29,6 +29,13 @@ DEFAULT_SCENARIO = "election-night"
 
 class ScenarioError(ValueError):
     """A scenario file is unreadable or invalid; the message names the file and the field."""
+
+
+def _refuse_repeats(names: list[str], what: str) -> None:
+    """Raise, naming them, when ``names`` repeat: the field's error then says which ones."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique; repeated: " + ", ".join(repeated))
 
 
 class _Strict(BaseModel):
@@ -56,6 +63,13 @@ class CampaignSource(_Strict):
     keys: tuple[InlineCampaign, ...] = Field(
         default=(), description="The distribution itself, when `dataset` is inline."
     )
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_keys(cls, keys: tuple[InlineCampaign, ...]) -> tuple[InlineCampaign, ...]:
+        # NB: a repeated name would silently keep only its last weight in the distribution.
+        _refuse_repeats([k.name for k in keys], "campaign")
+        return keys
 
     @model_validator(mode="after")
     def _check_keys(self) -> Self:
@@ -92,6 +106,13 @@ class Spike(_Strict):
     seconds_per_minute: float = Field(
         default=1.0, gt=0, le=60, description="Time compression: one trace minute lasts this long."
     )
+
+    @field_validator("campaigns")
+    @classmethod
+    def _unique_campaigns(cls, campaigns: tuple[str, ...]) -> tuple[str, ...]:
+        # NB: a repeated name would count its normal rate twice in the spike's rate.
+        _refuse_repeats(list(campaigns), "campaign")
+        return campaigns
 
     @model_validator(mode="after")
     def _check_trace(self) -> Self:

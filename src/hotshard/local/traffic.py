@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -21,8 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from hotshard.local.processes import ServiceError
 from hotshard.local.scenario import TrafficPlan
-from hotshard_bidder.loadgen import START_DELAY, LoadSpec, run_in_uvloop, run_worker
+from hotshard_bidder.loadgen import (
+    START_DELAY,
+    LoadSpec,
+    run_in_uvloop,
+    run_worker,
+    start_without_sigint,
+)
 from hotshard_bidder.loadreport import LoadReport, Recorder, build_report, new_histogram
 from hotshard_bidder.profiles import parse_profile, send_times
 from hotshard_bidder.zipf import Popularity, to_header_key
@@ -74,26 +83,31 @@ def write_hot_trace(plan: TrafficPlan, path: Path) -> Path:
 
 
 def build_specs(plan: TrafficPlan, target: str, trace: Path, seed: int) -> dict[str, LoadSpec]:
-    """One spec for the steady campaigns and one for the hot ones."""
+    """One spec for the steady campaigns and one for the hot ones.
+
+    A scenario whose every campaign turns hot has no steady campaigns: it gets no ``other``
+    generator (a constant rate of zero is no load), and its report has no ``other`` rows.
+    """
     other = plan.other_weights()
     hot = plan.hot_weights()
     common: dict[str, Any] = {"target": target, "duration": plan.duration, "seed": seed}
-    return {
-        "other": ScenarioLoadSpec(
+    specs: dict[str, LoadSpec] = {}
+    if other:
+        specs["other"] = ScenarioLoadSpec(
             profile=f"constant:{plan.other_rate:.3f}",
             names=tuple(other),
             shares=tuple(other.values()),
             hot=0,
             **common,
-        ),
-        "hot": ScenarioLoadSpec(
-            profile=f"trace:{trace}",
-            names=tuple(hot),
-            shares=tuple(hot.values()),
-            hot=len(hot),
-            **{**common, "seed": seed + 7},
-        ),
-    }
+        )
+    specs["hot"] = ScenarioLoadSpec(
+        profile=f"trace:{trace}",
+        names=tuple(hot),
+        shares=tuple(hot.values()),
+        hot=len(hot),
+        **{**common, "seed": seed + 7},
+    )
+    return specs
 
 
 def summarise_phases(
@@ -145,6 +159,19 @@ def _live_p99(conn: Connection) -> Callable[[Recorder, int], None]:
 
 
 def _child_main(
+    spec_json: str, spike: tuple[float, float], conn: Connection, live: Connection
+) -> None:
+    """Run one generator; on failure, send its error to the parent instead of a traceback."""
+    try:
+        _generate(spec_json, spike, conn, live)
+    except Exception as exc:
+        with contextlib.suppress(OSError):
+            conn.send({"error": "".join(traceback.format_exception_only(exc)).strip()})
+        # NB: exiting by SystemExit, multiprocessing prints nothing; the parent says it all.
+        sys.exit(1)
+
+
+def _generate(
     spec_json: str, spike: tuple[float, float], conn: Connection, live: Connection
 ) -> None:
     spec = ScenarioLoadSpec.model_validate_json(spec_json)
@@ -217,7 +244,7 @@ class TrafficRun:
 
     def start(self) -> None:
         for proc in self._procs.values():
-            proc.start()
+            start_without_sigint(proc)
         for send in self._senders:
             send.close()
 
@@ -232,12 +259,43 @@ class TrafficRun:
     def done(self) -> bool:
         return not any(p.is_alive() for p in self._procs.values())
 
+    def check_alive(self) -> None:
+        """Raise :class:`ServiceError` if a generator has exited with an error.
+
+        Its load is missing from then on, so the run's numbers would mean nothing.
+        """
+        for name, proc in self._procs.items():
+            if proc.exitcode not in (None, 0):
+                raise self._failure(name, self._pipes[name])
+
+    def _failure(self, name: str, pipe: Connection) -> ServiceError:
+        proc = self._procs[name]
+        proc.join(timeout=5)  # NB: a child that sent its error is exiting; get its code
+        why = "it sent no error (killed?)"
+        with contextlib.suppress(EOFError, OSError):
+            if pipe.poll(0):
+                payload = pipe.recv()
+                if isinstance(payload, dict) and "error" in payload:
+                    why = str(payload["error"])
+        return ServiceError(
+            f"the {name} load generator ({proc.name}) exited with code {proc.exitcode} "
+            f"during the run, so it stopped: {why}"
+        )
+
     def results(self, timeout: float) -> dict[str, GroupResult]:
         out = {}
         for name, pipe in self._pipes.items():
             if not pipe.poll(timeout):
                 raise TimeoutError(f"the {name} load generator did not report in {timeout:.0f}s")
-            payload = pipe.recv()
+            try:
+                payload = pipe.recv()
+            except EOFError:
+                raise self._failure(name, pipe) from None
+            if "error" in payload:
+                raise ServiceError(
+                    f"the {name} load generator ({self._procs[name].name}) failed: "
+                    f"{payload['error']}"
+                )
             out[name] = GroupResult(
                 report=LoadReport.model_validate(payload["report"]),
                 phases={k: PhaseStats(**v) for k, v in payload["phases"].items()},
