@@ -30,7 +30,7 @@ HOT_ROLL_INTERVAL_S = 0.25
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_common_flags(parser)
-    parser.add_argument("--shard", help="this shard's name in the routing table")
+    parser.add_argument("--shard", help="this shard's name in the routing table (required)")
     parser.add_argument(
         "--max-inflight",
         type=int,
@@ -52,7 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="measure and report costs but never throttle, trip or roll back",
     )
     parser.add_argument(
-        "--cpu-budget", type=float, help="CPU cores one campaign may use on this shard (0.25)"
+        "--cpu-budget",
+        type=float,
+        help="CPU cores one campaign may use on this shard (default 0.25)",
     )
 
 
@@ -77,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     bidder = BidderApp(settings, watch)
 
-    async def run() -> None:
+    async def run() -> bool:
         server = HttpServer(
             bidder.routes(), settings.max_body_bytes, bidder.count_refusal, "bidder"
         )
@@ -88,9 +90,8 @@ def main(args: argparse.Namespace) -> int:
         ]
         try:
             name = f"bidder {settings.shard}"
-            await serve(server, settings.host, settings.port, name, background)
+            return await serve(server, settings.host, settings.port, name, background)
         finally:
             bidder.close()
 
-    asyncio.run(run())
-    return 0
+    return 0 if asyncio.run(run()) else 1

@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 from prometheus_client import disable_created_metrics
-from pydantic import ValidationError
 
 from hotshard.routing import RoutingSnapshot
 from hotshard.routing.keys import key_problem
@@ -37,6 +36,7 @@ from hotshard_bidder.serving import (
     VERSION_HEADER,
     TableWatch,
     install_uvloop,
+    load_settings,
     open_service,
     serve,
     tick,
@@ -45,7 +45,6 @@ from hotshard_bidder.settings import (
     COMMON_FIELDS,
     RouterSettings,
     add_common_flags,
-    settings_from_args,
 )
 from hotshard_bidder.shard_client import ShardClients
 from hotshard_bidder.shedding import HotKeyShedder
@@ -195,12 +194,13 @@ class RouterApp:
 
 async def serve_router(
     router: RouterApp, background: list[Callable[[], Coroutine[Any, Any, None]]]
-) -> None:
-    """Serve until SIGTERM/SIGINT, then answer what is in flight and stop."""
+) -> bool:
+    """Serve until SIGTERM/SIGINT, then answer what is in flight and stop; ``False`` when the
+    router could not listen (the reason is logged)."""
     settings = router.settings
     server = HttpServer(router.routes(), settings.max_body_bytes, router.count_refusal, "router")
     try:
-        await serve(server, settings.host, settings.port, "router", background)
+        return await serve(server, settings.host, settings.port, "router", background)
     finally:
         router.clients.close()
 
@@ -261,24 +261,21 @@ def main(args: argparse.Namespace) -> int:
         "hot_key_limit_rps",
     )
     opened = open_service(RouterSettings, args, fields, "router")
-    if opened is None:
+    # NB: loaded even when the others were bad, so that one run names every bad flag.
+    allowance = load_settings(
+        ShardAllowanceSettings, args, ("shard_inflight_limit", "shard_shed_share"), "router"
+    )
+    if opened is None or allowance is None:
         return 2
     settings, watch = opened
-    try:
-        allowance = settings_from_args(
-            ShardAllowanceSettings, args, ("shard_inflight_limit", "shard_shed_share")
-        )
-    except ValidationError as exc:
-        log.error("invalid router settings (flags or HOTSHARD_ROUTER_* env):\n%s", exc)
-        return 2
     install_uvloop()
     # NB: *_created series double the exposition and nobody queries them.
     disable_created_metrics()  # type: ignore[no-untyped-call]
 
-    async def run() -> None:
+    async def run() -> bool:
         router = RouterApp(settings, watch, allowance)
         roll = router.metrics.hot.roll
-        await serve_router(router, [watch.watcher.run, lambda: tick(HOT_ROLL_INTERVAL_S, roll)])
+        background = [watch.watcher.run, lambda: tick(HOT_ROLL_INTERVAL_S, roll)]
+        return await serve_router(router, background)
 
-    asyncio.run(run())
-    return 0
+    return 0 if asyncio.run(run()) else 1

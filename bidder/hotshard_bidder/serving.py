@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -22,12 +23,18 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsError
 
 from hotshard.routing import RoutingSnapshot
 from hotshard.routing.store import FileRoutingStore, FileTableWatcher, RoutingStore, SnapshotHolder
 from hotshard_bidder.configmap_watch import ConfigMapRef, open_follower
 from hotshard_bidder.http_server import HttpServer, Response
-from hotshard_bidder.settings import BidderSettings, RouterSettings, settings_from_args
+from hotshard_bidder.settings import (
+    BidderSettings,
+    RouterSettings,
+    describe_errors,
+    settings_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,7 @@ class TableWatch:
 
 
 ServiceSettings = TypeVar("ServiceSettings", BidderSettings, RouterSettings)
+AnySettings = TypeVar("AnySettings", bound=BaseSettings)
 
 
 def open_service(
@@ -104,11 +112,8 @@ def open_service(
     Returns ``None`` after logging what was wrong (bad settings, or a table that cannot be
     read), so that ``main`` exits with status 2 and a message instead of a traceback.
     """
-    prefix = cls.model_config.get("env_prefix", "")
-    try:
-        settings = settings_from_args(cls, args, fields)
-    except ValidationError as exc:
-        log.error("invalid %s settings (flags or %s* env):\n%s", name, prefix, exc)
+    settings = load_settings(cls, args, fields, name)
+    if settings is None:
         return None
     where = (
         f"ConfigMap {settings.routing_configmap}"
@@ -120,6 +125,22 @@ def open_service(
     except (OSError, ValueError) as exc:
         log.error("cannot load the routing table from %s: %s", where, exc)
         return None
+
+
+def load_settings(
+    cls: type[AnySettings], args: argparse.Namespace, fields: tuple[str, ...], name: str
+) -> AnySettings | None:
+    """``cls`` from flags and environment, or ``None`` after logging one line per mistake."""
+    try:
+        return settings_from_args(cls, args, fields)
+    except ValidationError as exc:
+        for line in describe_errors(cls, exc):
+            log.error("invalid %s settings: %s", name, line)
+    except SettingsError as exc:
+        # NB: an environment value pydantic-settings cannot even decode (a tuple not in JSON).
+        prefix = cls.model_config.get("env_prefix", "")
+        log.error("invalid %s settings in the %s* environment: %s", name, prefix, exc)
+    return None
 
 
 def install_uvloop() -> None:
@@ -138,10 +159,21 @@ async def serve(
     port: int,
     name: str,
     background: list[Callable[[], Coroutine[Any, Any, None]]],
-) -> None:
+) -> bool:
     """Serve with ``background`` tasks running beside the server until SIGTERM/SIGINT, then
-    stop accepting, let the requests in flight answer and stop the tasks."""
-    bound = await server.start(host, port)
+    stop accepting, let the requests in flight answer and stop the tasks.
+
+    Returns ``False``, after logging why, when it cannot listen on ``host:port`` (a name that
+    does not resolve, a port in use, an address not on this machine), so ``main`` exits 1.
+    """
+    try:
+        bound = await server.start(host, port)
+    except OSError as exc:  # socket.gaierror is one too
+        # NB: the loop's own text repeats the address; the errno's says only what went wrong.
+        # A gaierror's errno is negative, an EAI_* code, and its strerror says it already.
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+        log.error("cannot listen on http://%s:%s: %s", host, port, reason or exc)
+        return False
     log.info("%s listening on http://%s:%s", name, host, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -162,6 +194,7 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     log.info("%s stopped", name)
+    return True
 
 
 async def tick(interval: float, action: Callable[[], None]) -> None:

@@ -12,10 +12,15 @@ import argparse
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from hotshard.routing.keys import CAMPAIGN_HEADER, DEFAULT_CAMPAIGN_POINTERS, KeyExtractor
+from hotshard.routing.keys import (
+    CAMPAIGN_HEADER,
+    DEFAULT_CAMPAIGN_POINTERS,
+    KeyExtractor,
+    parse_pointer,
+)
 from hotshard_bidder.resources import GuardPolicy
 from hotshard_bidder.tokens import TokenPolicy
 
@@ -55,10 +60,19 @@ class _KeySettings(BaseSettings):
         description="Bodies larger than this get 413.",
     )
 
+    @field_validator("campaign_pointers")
+    @classmethod
+    def _pointers_parse(cls, pointers: tuple[str, ...]) -> tuple[str, ...]:
+        # NB: checked here, not first in key_extractor(), so that a bad pointer is reported
+        # with the other bad settings instead of escaping from the app's constructor.
+        for pointer in pointers:
+            parse_pointer(pointer)  # its PointerError is a ValueError: pydantic reports it
+        return pointers
+
     @model_validator(mode="after")
     def _one_routing_source(self) -> Self:
         if (self.routing_file is None) == (self.routing_configmap is None):
-            raise ValueError("give exactly one of routing_file and routing_configmap")
+            raise ValueError("give exactly one of --routing-file and --routing-configmap")
         return self
 
     def key_extractor(self) -> KeyExtractor:
@@ -176,25 +190,58 @@ class RouterSettings(_KeySettings):
         description="Keep-alive pool size per shard.",
     )
 
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Self:
+        # NB: else a request without tmax would get longer than any tmax is allowed; which of
+        # the two was meant cannot be guessed, so neither wins.
+        if self.default_deadline_ms > self.max_deadline_ms:
+            raise ValueError(
+                f"--default-deadline-ms ({self.default_deadline_ms}) must not exceed "
+                f"--max-deadline-ms ({self.max_deadline_ms})"
+            )
+        return self
+
+
+def _default(name: str) -> Any:
+    """The built-in default of a common setting, so that ``--help`` cannot drift from it."""
+    return _KeySettings.model_fields[name].default
+
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """Flags both services share; each defaults to ``None`` so the env/default stays in force."""
-    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port to bind (default: a free one)")
-    parser.add_argument("--routing-file", type=Path, help="routing table JSON file")
+    parser.add_argument(
+        "--host",
+        help=f"address to bind (default {_default('host')}, as in local mode; pods on "
+        "Kubernetes bind 0.0.0.0)",
+    )
+    parser.add_argument("--port", type=int, help="port to bind (default 0: a free one)")
+    parser.add_argument(
+        "--routing-file", type=Path, help="routing table JSON file (this or --routing-configmap)"
+    )
     parser.add_argument(
         "--routing-configmap", help="[namespace/]name of the routing ConfigMap to watch instead"
     )
-    parser.add_argument("--poll-interval", type=float, help="seconds between routing checks")
-    parser.add_argument("--campaign-header", help=f"campaign key header ({CAMPAIGN_HEADER})")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        help=f"seconds between routing file checks (default {_default('poll_interval'):g})",
+    )
+    parser.add_argument(
+        "--campaign-header", help=f"campaign key header (default {_default('campaign_header')})"
+    )
     parser.add_argument(
         "--campaign-pointer",
         dest="campaign_pointers",
         action="append",
+        metavar="POINTER",
         help="JSON pointer to the campaign key; repeat for a chain "
-        f"(default {', '.join(DEFAULT_CAMPAIGN_POINTERS)})",
+        f"(default {', '.join(_default('campaign_pointers'))})",
     )
-    parser.add_argument("--max-body-bytes", type=int, help="413 above this (default 65536)")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help=f"413 above this (default {_default('max_body_bytes')})",
+    )
 
 
 def settings_from_args(cls: type[S], args: argparse.Namespace, fields: tuple[str, ...]) -> S:
@@ -205,6 +252,43 @@ def settings_from_args(cls: type[S], args: argparse.Namespace, fields: tuple[str
         if value is not None:
             overrides[name] = tuple(value) if isinstance(value, list) else value
     return cls(**overrides)
+
+
+FLAGS = {"campaign_pointers": "--campaign-pointer", "resource_guard": "--no-resource-guard"}
+"""Flags not named after their field by ``_`` -> ``-``."""
+
+
+def describe_errors(cls: type[BaseSettings], exc: ValidationError) -> list[str]:
+    """One line per error in ``exc``, naming the flag and the environment variable to fix.
+
+    pydantic's own text names the field and ends with a link to its docs; a user typed a flag.
+    """
+    prefix = cls.model_config.get("env_prefix", "")
+    aliases = {
+        field.validation_alias: name
+        for name, field in cls.model_fields.items()
+        if isinstance(field.validation_alias, str)
+    }
+    lines = []
+    for error in exc.errors():
+        context = error.get("ctx", {})
+        # NB: our validators' messages say all they mean; pydantic's own prefix adds nothing.
+        message = str(context["error"]) if "error" in context else error["msg"]
+        if not error["loc"]:
+            lines.append(f"{message} (flags or {prefix}* env)")
+            continue
+        loc = str(error["loc"][0])
+        name = aliases.get(loc, loc)
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        field = cls.model_fields.get(name)
+        alias = field.validation_alias if field is not None else None
+        env = alias if isinstance(alias, str) else (prefix + name).upper()
+        given = error["input"]
+        if error["type"] not in ("missing", "value_error") and not isinstance(given, dict):
+            shown = f"{given:g}" if isinstance(given, float) else repr(given)
+            message = f"{message} (got {shown})"
+        lines.append(f"{flag}: {message} (flag or {env} env)")
+    return lines
 
 
 COMMON_FIELDS = (

@@ -102,7 +102,7 @@ def test_settings_take_the_configmap_from_one_shared_variable(
     assert RouterSettings().routing_configmap == "bidding/fleet-routing"
     bidder = BidderSettings(shard="base-0")
     assert (bidder.routing_configmap, bidder.routing_file) == ("bidding/fleet-routing", None)
-    with pytest.raises(ValidationError, match="exactly one of routing_file and routing_conf"):
+    with pytest.raises(ValidationError, match="exactly one of --routing-file and --routing-conf"):
         RouterSettings(routing_file=Path("table.json"))
     monkeypatch.delenv("HOTSHARD_ROUTING_CONFIGMAP")
     with pytest.raises(ValidationError, match="exactly one"):
