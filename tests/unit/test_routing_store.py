@@ -108,3 +108,29 @@ def test_a_holder_refuses_a_table_with_another_partition_count() -> None:
     assert holder.current.version == 1
     assert holder.offer(RoutingTable.even(shards, partitions=64, version=3))
     assert holder.current.version == 3
+
+
+def test_watcher_says_when_the_file_goes_back_in_version_or_disappears(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FileRoutingStore(tmp_path / "table.json")
+    token = store.initialize(table(1))
+    holder = SnapshotHolder(RoutingSnapshot(table(1)))
+    watcher = FileTableWatcher(store, holder)
+    watcher.refresh()
+    store.replace(table(2), token)
+    assert watcher.refresh() is True
+    old = tmp_path / "old.json"
+    FileRoutingStore(old).initialize(table(1))
+    os.replace(old, store.path)  # a copy of version 1 put back by hand
+    with caplog.at_level("ERROR"):
+        assert watcher.refresh() is False
+        assert watcher.refresh() is False  # said once per change of the file, not per poll
+        store.path.unlink()
+        assert watcher.refresh() is False
+        assert watcher.refresh() is False
+    assert holder.current.version == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"routing table {store.path} holds version 1, older than version 2 in use: ignored",
+        f"routing table {store.path} is gone, keeping version 2",
+    ]

@@ -152,6 +152,13 @@ class FileTableWatcher:
         try:
             st = os.stat(self.store.path)
         except FileNotFoundError:
+            if self._seen is not None:
+                log.error(
+                    "routing table %s is gone, keeping version %d",
+                    self.store.path,
+                    self.holder.current.version,
+                )
+                self._seen = None
             return False
         ident = (st.st_ino, st.st_size, st.st_mtime_ns)
         if ident == self._seen:
@@ -168,6 +175,15 @@ class FileTableWatcher:
             self._seen = ident
             return False
         self._seen = ident
+        if table.version < self.holder.current.version:
+            # NB: never back in version; but a file rolled back by hand should not pass unseen.
+            log.error(
+                "routing table %s holds version %d, older than version %d in use: ignored",
+                self.store.path,
+                table.version,
+                self.holder.current.version,
+            )
+            return False
         return self.holder.offer(table)
 
     def poke(self) -> None:
