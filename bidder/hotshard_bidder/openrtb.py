@@ -54,6 +54,7 @@ count: 2,000 of them cost ~94 ms, against ~50 µs for one, and the first such re
 campaign key runs before any cost is known. Real requests carry a handful (3 at most in the
 corpus); 64 bounds one at a few milliseconds."""
 
+
 class BadRequest(ValueError):
     """The request cannot be served; the message is safe to send back to the client."""
 
