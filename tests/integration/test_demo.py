@@ -60,16 +60,26 @@ def test_no_request_is_lost(summary: dict[str, Any]) -> None:
 
 
 CALM_P99_BOUND_MS = 15.0
-"""The goal is 10 ms (met in every run measured: 3.0-5.7 ms over six runs, docs/local-mode.md);
-the test allows 15 ms so that a CI machine's noise does not fail it, while a fleet that stays
-degraded after the spike (the baseline's p99 is over 100 ms during it) still does."""
+"""The goal is 10 ms (met in every run measured on 2026-12-03: 3.0-5.7 ms over six runs,
+docs/local-mode.md); the test allows 15 ms so that a CI machine's noise does not fail it."""
+CALM_BASELINE_FACTOR = 2.0
+"""On a machine too slow for that (on 2026-12-04 the same code and the old code both measured
+30-41 ms before the spike, with a pure-Python loop 4x slower than usual), the bound is twice the
+baseline pass's own calm p99: the same fleet and machine with no spike and no mitigation. A
+fleet that stays degraded after the spike (the baseline's p99 is over 100 ms during it) still
+fails either way."""
 
 
 def test_other_campaigns_keep_p99_low_before_and_after_the_spike(summary: dict[str, Any]) -> None:
     assert set(summary["p99_ms"]["other"]) == {"before", "during", "after"}
+    calm = summary["baseline"]["p99_ms"]["other"]["before"]
+    bound = max(CALM_P99_BOUND_MS, CALM_BASELINE_FACTOR * calm)
     for phase in ("before", "after"):
         p99 = summary["p99_ms"]["other"][phase]
-        assert p99 < CALM_P99_BOUND_MS, f"other campaigns' p99 in phase {phase} was {p99} ms"
+        assert p99 < bound, (
+            f"other campaigns' p99 in phase {phase} was {p99} ms; the bound is {bound} ms "
+            f"(the baseline's calm p99: {calm} ms)"
+        )
 
 
 def test_mitigation_protects_the_other_campaigns_during_the_spike(
