@@ -186,11 +186,37 @@ WARM, OVERFLOW_MAX = 2, 4
 """The overflow tier: two warm shards, and room to refill the pool while a spike holds some, so
 that after the merge the engine's learnt pool target is below the peak and the StatefulSet
 shrinks."""
-SHARD_CPU = "10m"
+SHARD_CPU_MILLICORES = 10
 """The bidders' CPU limit, which is a shard's capacity to the engine: it moves a hot spot only
 when it would push its shard past 70% of it. The spike's 200 req/s of 50-150 us bids (the spread
 between runs on the shared machine) use 10-30 millicores, so 10m overloads one shard even at the
-cheapest, while the background's ~10 req/s per shard stays under 20%."""
+cheapest, while the background's ~10 req/s per shard stays under 20%. On a slower host every
+bid costs more, the background alone holds the base shards over the engine's 50% merge-back
+line and the spike never merges back (2026-12-04, a host running Python 2.5-4x slower): the
+limit is scaled by :func:`host_slowdown` so the shares stay what they were tuned for."""
+CALIBRATION_LOOPS = 1_000_000
+REFERENCE_LOOP_CPU_S = 0.12
+"""CPU seconds a million-step Python loop took on the host ``SHARD_CPU_MILLICORES`` was tuned on
+(estimated: 0.30-0.34 s on 2026-12-04, when the bidders' CPU per request was 2-3x that day's)."""
+
+
+def host_slowdown() -> float:
+    """How many times slower than the tuning host this one runs Python (1 when not slower).
+
+    CPU time, not wall time: it is what the bidders' CPU counters, and so the engine, see."""
+    start = time.thread_time()
+    total = 0
+    for step in range(CALIBRATION_LOOPS):
+        total += step
+    return max(1.0, (time.thread_time() - start) / REFERENCE_LOOP_CPU_S)
+
+
+def shard_cpu_for_this_host() -> str:
+    """The bidders' CPU limit, scaled to this host's speed (``10m`` on the tuning host)."""
+    return f"{round(SHARD_CPU_MILLICORES * host_slowdown())}m"
+
+
+SHARD_CPU = f"{SHARD_CPU_MILLICORES}m"
 
 
 def reshard_spec(prometheus_url: str, image: str, shard_cpu: str = SHARD_CPU) -> dict[str, Any]:
@@ -221,11 +247,14 @@ def run_fleet(
     cluster: Cluster,
     workdir: Path,
     bidder_args: tuple[str, ...] = (),
-    shard_cpu: str = SHARD_CPU,
+    shard_cpu: str | None = None,
 ) -> Iterator[ReshardFleet]:
-    """Prometheus, the chart, the operator, the map (bidders' CPU limit ``shard_cpu``), its
-    stand-in bidders (with ``bidder_args``), a router, a load; everything stopped and removed
-    on the way out."""
+    """Prometheus, the chart, the operator, the map (bidders' CPU limit ``shard_cpu``, by default
+    :func:`shard_cpu_for_this_host`), its stand-in bidders (with ``bidder_args``), a router, a
+    load; everything stopped and removed on the way out."""
+    if shard_cpu is None:
+        shard_cpu = shard_cpu_for_this_host()
+        print(f"stand-in bidders' CPU limit on this host: {shard_cpu}", file=sys.stderr)
     image = bidder_image(cluster)  # skips on an existing cluster without an image to run
     prometheus = ScrapingPrometheus(workdir / "prometheus")
     started: list[Any] = [prometheus]
