@@ -13,6 +13,7 @@ concurrent write or a SIGKILL in the middle of a migration rather than before or
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import threading
@@ -200,10 +201,12 @@ REFERENCE_LOOP_CPU_S = 0.12
 (estimated: 0.30-0.34 s on 2026-12-04, when the bidders' CPU per request was 2-3x that day's)."""
 
 
+@functools.cache
 def host_slowdown() -> float:
     """How many times slower than the tuning host this one runs Python (1 when not slower).
 
-    CPU time, not wall time: it is what the bidders' CPU counters, and so the engine, see."""
+    CPU time, not wall time: it is what the bidders' CPU counters, and so the engine, see.
+    Measured once per session, so the limit and the tests that depend on it agree."""
     start = time.thread_time()
     total = 0
     for step in range(CALIBRATION_LOOPS):
