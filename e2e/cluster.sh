@@ -12,6 +12,9 @@
 # HOTSHARD_E2E_RUN picks the state directory (default $E2E_CACHE/cluster), so several clusters
 # (e.g. one per pytest session) can coexist. HOTSHARD_E2E_NODES sets the fake node count (2).
 set -euo pipefail
+# NB: no job control, even when inherited (SHELLOPTS with monitor): a background job would lead
+# its own process group, and setsid would then fork, leaving a pid that exits at once.
+set +m
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUN=${HOTSHARD_E2E_RUN:-$E2E_CACHE/cluster}
