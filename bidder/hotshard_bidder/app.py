@@ -227,9 +227,13 @@ class BidderApp:
         snapshot = self.watch.holder.current
         wanted = _int_header(request.headers.get(VERSION_HEADER))
         if wanted is not None and wanted > snapshot.version:
+            reading = time.thread_time()
             self.watch.watcher.refresh()
             self.watch.watcher.poke()
             snapshot = self.watch.holder.current
+            # NB: reading the new table is the shard's work, not this campaign's: charged to
+            # it, one read could empty its CPU tokens and get its next requests refused.
+            cpu_start += time.thread_time() - reading
             if wanted > snapshot.version:
                 return self._refuse(
                     503,

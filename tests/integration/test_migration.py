@@ -39,6 +39,8 @@ class Seen:
     status: int
     shard: str
     version: int
+    reason: str = ""
+    """The body of an answer other than 200 or 204: says which refusal it was."""
 
 
 def moving_partition() -> int:
@@ -70,13 +72,14 @@ async def probe(url: str, campaigns: list[str], rate: float, seconds: float) -> 
     async def one(session: aiohttp.ClientSession, campaign: str) -> None:
         try:
             async with session.post(url, data=body, headers={"X-Hotshard-Campaign": campaign}) as r:
-                await r.read()
+                text = await r.text()
                 seen.append(
                     Seen(
                         campaign,
                         r.status,
                         r.headers.get("X-Hotshard-Shard", "-"),
                         int(r.headers.get("X-Hotshard-Routing-Version", "0")),
+                        "" if r.status in (200, 204) else text[:300],
                     )
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -147,7 +150,7 @@ async def test_partition_moves_between_shards_under_load_losing_nothing(fleet: F
     assert report.answered.get(429, 0) <= 0.05 * report.sent, outcomes
 
     assert len(seen) == int(PROBE_RPS * LOAD_SECONDS)
-    assert {s.status for s in seen} <= {200, 204}
+    assert {s.status for s in seen} <= {200, 204}, [s for s in seen if s.reason]
     for s in seen:
         assert s.shard == owner(fleet.tables[s.version], s.campaign), s
     # The move happened while the probe ran: both owners answered, old before new.
@@ -177,9 +180,13 @@ async def test_a_router_with_a_stale_table_gets_421_and_recovers(fleet: Fleet) -
 
     after = await probe(url, [campaign], rate=20, seconds=0.5)
     assert [s.status for s in after] != []
-    assert {s.status for s in after} <= {200, 204}
+    assert {s.status for s in after} <= {200, 204}, [s for s in after if s.reason]
     assert {(s.shard, s.version) for s in after} == {("shard-1", 2)}
-    metrics = "\n".join(await asyncio.to_thread(router_lines, router.url, "hotshard_router_"))
-    # Exactly one request met the old owner; its 421 made the router refresh at once.
-    assert 'hotshard_router_retries_total{reason="misdirected"} 1.0' in metrics
-    assert "hotshard_router_routing_version 2.0" in metrics
+    lines = await asyncio.to_thread(router_lines, router.url, "hotshard_router_")
+    # The first 421 made the router refresh at once: only that request, and any already in
+    # flight beside it on a slow host, met the old owner. Without the refresh all 10 would.
+    (misdirected,) = [
+        float(line.split()[-1]) for line in lines if 'retries_total{reason="misdirected"}' in line
+    ]
+    assert 1 <= misdirected <= 2, lines
+    assert "hotshard_router_routing_version 2.0" in lines

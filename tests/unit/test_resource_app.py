@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,11 @@ import aiohttp
 import orjson
 import pytest
 
-from hotshard.routing import RoutingTable, Shard
+from hotshard.routing import RoutingTable, Shard, partition_of
 from hotshard.routing.store import FileRoutingStore
 from hotshard_bidder.app import BidderApp
 from hotshard_bidder.http_server import HttpServer
-from hotshard_bidder.serving import COST_HEADER, TableWatch
+from hotshard_bidder.serving import COST_HEADER, VERSION_HEADER, TableWatch
 from hotshard_bidder.settings import BidderSettings
 
 BAD_PATTERN = r"^(?:[\w:/.?=&-]|[a-z])*\s$"
@@ -136,3 +137,32 @@ async def test_a_configuration_for_a_key_no_request_could_carry_is_refused(
     assert (resp.status, answer) == (400, {"error": reason})
     assert (good.status, stored["campaign"]) == (200, "camp/7")
     assert set(app.guard.campaigns) == {"camp/7"}
+
+
+async def test_reading_a_newer_table_for_a_request_is_not_charged_to_its_campaign(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "routing.json"
+    shards = [Shard(name=f"s{i}", url=f"http://127.0.0.1:{9000 + i}") for i in range(64)]
+    store = FileRoutingStore(path)
+    store.initialize(RoutingTable.even(shards))
+    # The shard's watcher polls once a minute: only the request's version makes it read.
+    app = BidderApp(BidderSettings(shard="s0", routing_file=path), TableWatch.open(path, 60.0))
+    # Version 2: 4096 one-partition ranges over 64 shards, slow to read and validate.
+    table, token = store.read()
+    store.replace(table.with_owners([f"s{p % 64}" for p in range(4096)], version=2), token)
+    read_cpu = min(_cpu_of(store.read) for _ in range(3))
+    campaign = next(c for c in (f"c{i}" for i in range(100_000)) if partition_of(c, 4096) == 0)
+    async with served(app) as client:
+        headers = {"X-Hotshard-Campaign": campaign, VERSION_HEADER: "2"}
+        resp = await client.post("/openrtb2/auction", data=orjson.dumps(REQUEST), headers=headers)
+        await resp.read()
+    assert resp.status in (200, 204)
+    assert resp.headers[VERSION_HEADER] == "2"  # it did read the newer table
+    assert int(resp.headers[COST_HEADER]) < read_cpu * 1e6 / 2
+
+
+def _cpu_of(work: Callable[[], object]) -> float:
+    start = time.thread_time()
+    work()
+    return time.thread_time() - start
