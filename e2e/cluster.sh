@@ -13,7 +13,7 @@
 # (e.g. one per pytest session) can coexist. HOTSHARD_E2E_NODES sets the fake node count (2).
 set -euo pipefail
 # NB: no job control, even when inherited (SHELLOPTS with monitor): a background job would lead
-# its own process group, and setsid would then fork, leaving a pid that exits at once.
+# its own process group, and setsid would then fork (start() copes, but need not).
 set +m
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -83,19 +83,37 @@ EOF
 }
 
 # start NAME BINARY ARGS...: run detached in its own session, record the pid.
+# NB: the process writes its own pid just before it execs the binary. setsid forks when its
+# caller leads a process group, and then $! is a pid that exits at once; the recorded pid is
+# the component's either way. $! is kept (JOBS) to read an exit status if it dies early.
+declare -A JOBS=()
 start() {
   local name=$1 binary=$2; shift 2
   [[ -x $binary ]] || die "$binary is missing: run e2e/build.sh (or make cluster-up)"
-  setsid "$binary" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
-  local pid=$! i
-  echo "$pid" >"$PIDS/$name.pid"
-  # Until it execs, the forked child is still this script (its command line does not name the
-  # component), and wait_for would take it for a process that exited: wait out the exec.
-  for ((i = 0; i < 100; i++)); do
-    is_running "$name" || [[ ! -e /proc/$pid ]] && break
+  rm -f "$PIDS/$name.pid"
+  # shellcheck disable=SC2016  # $$ and $@ are the inner shell's
+  setsid bash -c 'echo "$$" >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$PIDS/$name.pid" \
+    "$binary" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  JOBS[$name]=$!
+  local i
+  for ((i = 0; i < 500; i++)); do
+    is_running "$name" && break
     sleep 0.02
   done
-  log "started $name (pid $pid)"
+  is_running "$name" || died "$name"
+  log "started $name (pid $(<"$PIDS/$name.pid"))"
+}
+
+# died NAME: fail, saying how NAME's process ended and where its log is.
+died() {
+  local name=$1 rc=0 job=${JOBS[$1]:-}
+  tail -n 20 "$LOGS/$name.log" >&2
+  if [[ -n $job ]]; then
+    wait "$job" 2>/dev/null || rc=$?
+    log "$name: launcher pid $job ended with status $rc; recorded pid $(cat "$PIDS/$name.pid" \
+      2>/dev/null || echo none); processes naming it: $(pgrep -f -- "$name" | tr '\n' ' ')"
+  fi
+  die "$name exited; log: $LOGS/$name.log"
 }
 
 # wait_for NAME WHAT COMMAND...: poll COMMAND until it succeeds, failing if NAME's process exits.
@@ -103,10 +121,7 @@ wait_for() {
   local name=$1 what=$2; shift 2
   local deadline=$((SECONDS + READY_TIMEOUT))
   until "$@" >/dev/null 2>&1; do
-    if ! is_running "$name"; then
-      tail -n 20 "$LOGS/$name.log" >&2
-      die "$name exited; log: $LOGS/$name.log"
-    fi
+    is_running "$name" || died "$name"
     ((SECONDS < deadline)) || die "no $what after ${READY_TIMEOUT}s; log: $LOGS/$name.log"
     sleep 0.5
   done
@@ -124,7 +139,10 @@ pid_of() {
   pid=$(<"$file")
   [[ -r /proc/$pid/cmdline ]] || return 1
   # Guard against a recycled pid: the command line must name the component.
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$1" || return 1
+  # NB: not a pipe into grep -q: under pipefail, grep exiting first fails the check.
+  local cmdline
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$1"* ]] || return 1
   echo "$pid"
 }
 
