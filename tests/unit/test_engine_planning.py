@@ -172,6 +172,34 @@ def test_a_rising_surge_leaves_its_base_shard_before_it_fills_it() -> None:
     assert not [a for a in drv.step(loads(rates)).actions if a.kind in ROUTE_CHANGES]
 
 
+def test_what_the_router_sheds_of_a_hot_campaign_counts_towards_moving_it() -> None:
+    name, p = hot_campaign()
+    home = f"base-{p // 16}"
+    # The router lets 700 req/s of the campaign through and sheds the rest; its home shard
+    # serves 15 x 10 + 700 = 850 req/s, 42% of 2000: room enough for what it sees.
+    capped = loads(10.0) | {p: PartitionLoad(rate=700.0, cpu=0.14, latency=0.01)}
+
+    def run(demand: float) -> tuple[Driver, Decision]:
+        drv = Driver(engine(isolate_surges=False, growth_cap=1.0), fleet())
+        for _ in range(10):
+            drv.step(loads(10.0))
+        decision = drv.step(capped, [CampaignLoad(name, p, rate=demand, cpu=0.14)])
+        return drv, decision
+
+    drv, decision = run(demand=700.0)  # nothing shed: the router passed all of it
+    assert not [a for a in decision.actions if a.kind in ROUTE_CHANGES]
+    assert f"{home} stays at 42%, under the 70% target" in decision.reason
+    drv, decision = run(demand=3000.0)  # 2300 req/s shed
+    (split,) = [a for a in decision.actions if a.kind in ROUTE_CHANGES]
+    # 3000 req/s is 1.5 shards: ceil(1.5 / 0.7) = 3 warm shards, at 50% each.
+    assert (split.kind, split.campaign, split.source) == ("split", name, (home,))
+    assert split.target == ("overflow-0", "overflow-1", "overflow-2")
+    # 850 + 2300 = 3150 req/s would be 158% of the home shard.
+    assert f"the 2300 req/s of it the router sheds, {home} would run at 158%" in split.reason
+    after = model_shard_loads(drv.table, capped, [CampaignLoad(name, p, rate=3000.0)])
+    assert [after[f"overflow-{i}"].rate for i in range(3)] == [1000.0] * 3
+
+
 def test_a_rising_partition_is_split_over_warm_shards_sized_for_its_growth() -> None:
     drv = Driver(engine(), fleet())
     for _ in range(10):

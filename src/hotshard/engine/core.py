@@ -180,14 +180,18 @@ class Engine:
         for spot in spots:
             if spot.partition in acted:
                 continue
+            shed = 0.0
             if spot.campaign is not None:
                 seen = campaigns.get((spot.partition, spot.campaign))
                 r = seen.rate if seen else float(detector.baseline[D_RATE, spot.partition])
                 c = seen.cpu if seen else float(detector.baseline[D_CPU, spot.partition])
+                # The routers count a campaign's requests before they shed its excess; what
+                # its whole partition served is all that reached the bidders.
+                shed = max(0.0, r - float(rate[spot.partition])) if seen else 0.0
             else:
                 r, c = float(resident_rate[spot.partition]), float(resident_cpu[spot.partition])
             growth = spot_growth(spot, rate, window.ago(1)[RATE], detector.baseline[D_RATE], cfg)
-            if relieve(ws, spot, r, c, growth):
+            if relieve(ws, spot, r, c, growth, shed):
                 acted.add(spot.partition)
         hot_keys = frozenset((s.partition, s.campaign) for s in spots)
         sustained = self._sustained_over(names)

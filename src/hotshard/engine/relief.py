@@ -61,9 +61,21 @@ def held_back(ws: Workspace, where: str, p: int, campaign: str | None, widen: bo
     return False
 
 
-def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growth = STEADY) -> bool:
+def relieve(
+    ws: Workspace,
+    spot: HotSpot,
+    rate: float,
+    cpu: float,
+    growth: Growth = STEADY,
+    shed: float = 0.0,
+) -> bool:
     """Act on one hot spot. Returns whether it is dealt with this round (changed, or held by
-    settle or churn); ``False`` lets a later spot of the same partition have a say."""
+    settle or churn); ``False`` lets a later spot of the same partition have a say.
+
+    ``shed`` is the part of ``rate`` (req/s) that never reached the spot's owners: the router
+    refused it while the campaign was over its allowance. The owners' measured load does not
+    hold it, yet serving the campaign means carrying it, so it counts towards the need to move;
+    otherwise the router's stopgap would hide the very hot spot it stands in for."""
     p, campaign = spot.partition, spot.campaign
     key = (p, campaign)
     where = f"partition {p}" + (f" campaign {campaign!r}" if campaign else "")
@@ -86,7 +98,8 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
     grown = (max(plan_rate, rate * growth.factor), max(plan_cpu, cpu * growth.factor))
     # Need: the owners' peak with the spot's forecast or calendar growth on top (measured
     # growth only sizes the plan, so a noisy plateau does not keep widening a split).
-    extra_rate, extra_cpu = (plan_rate - rate) / len(current), (plan_cpu - cpu) / len(current)
+    extra_rate = (plan_rate - rate + shed) / len(current)
+    extra_cpu = (plan_cpu - cpu) / len(current)
     worst = max(ws.peak(n, extra_rate, extra_cpu) for n in current)
     need = worst > cap.target_utilisation
     # Ours: a route the planner made (a split, a pin, or a route on overflow shards, which only
@@ -103,8 +116,9 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
     if not need and not isolate:
         if ours and any(ws.tier[n] == "base" for n in current) and ws.idle:
             return evacuate(ws, spot, current, rate, cpu)
+        with_shed = f" with the {shed:.4g} req/s the router sheds" if shed > 0 else ""
         ws.notes.append(
-            f"{where} is hot but {', '.join(current)} stays at {worst:.0%}, under the "
+            f"{where} is hot but {', '.join(current)} stays at {worst:.0%}{with_shed}, under the "
             f"{cap.target_utilisation:.0%} target: no move needed"
         )
         return False
@@ -159,6 +173,11 @@ def relieve(ws: Workspace, spot: HotSpot, rate: float, cpu: float, growth: Growt
     why = spot.reason + (f"; {sized}" if sized else "")
     if isolate and not need:
         why += f"; a rising surge leaves {', '.join(current)} before it fills it"
+    elif shed > 0:
+        why += (
+            f"; with the {shed:.4g} req/s of it the router sheds, {', '.join(current)} would "
+            f"run at {worst:.0%}"
+        )
     reason = f"{verb} {where} from {', '.join(current)} to {', '.join(targets)}: {why}"
     ws.record(Action(kind, reason, p, campaign, current, targets, handover_cost(ws.cost, k)))
     return True

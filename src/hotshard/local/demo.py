@@ -182,8 +182,9 @@ SHARD_CAPACITY_RPS = 350.0
 """The engine's capacity for one bidder under its 0.15-core quota: at the ~250 µs of CPU a
 request costs a shard (bench/results/dataplane.md), 350 req/s is 0.09 core, 60% of the quota."""
 HOT_KEY_SHARE = 0.25
-"""One campaign may take half a shard before the router sheds its excess: the other half keeps
-room for the other campaigns the shard serves while the engine splits the hot one away."""
+"""One campaign may take a quarter of a shard before the router sheds its excess: the rest keeps
+room for the other campaigns the shard serves while the engine splits the hot one away (the
+engine counts what is shed as load the campaign's owners would carry)."""
 
 
 def engine_config(cooldown: float) -> EngineConfig:
@@ -247,8 +248,9 @@ async def run_pass(
         store.replace(RoutingTable.even(shards, version=table.version + 1), token)
         router_args = ["router", "--routing-file", str(store.path)]
         if strategy.shed_hot_keys if strategy else mitigate:
-            # The router sheds a campaign's excess over half a shard until the engine splits it,
-            # and a surge that overruns a shard from its first requests (the per-shard allowance).
+            # The router sheds a campaign's excess over a quarter of a shard until the engine
+            # splits it, and a surge that overruns a shard from its first requests (the
+            # per-shard allowance).
             router_args += [
                 "--hot-key-limit-rps",
                 str(SHARD_CAPACITY_RPS * HOT_KEY_SHARE),
