@@ -337,9 +337,11 @@ class BidderApp:
     async def prometheus(self, request: Request) -> Response:
         self.metrics.set_inflight(self.admission.inflight)
         self.metrics.set_version(self.watch.holder.current.version)
+        self.metrics.set_rollbacks(self.guard.rollbacks)
         return Response(200, self.metrics.exposition(), {"Content-Type": METRICS_TYPE})
 
     async def stats(self, request: Request) -> Response:
+        self.metrics.set_rollbacks(self.guard.rollbacks)
         return json_response(
             200, self.metrics.stats(self.watch.holder.current.version, self.admission.inflight)
         )

@@ -122,6 +122,13 @@ class BidderMetrics:
             ["shard", "rank", "campaign"],
             registry=r,
         )
+        self._rollbacks = Counter(
+            "hotshard_bidder_config_rollbacks",
+            "Campaign configuration versions this shard rolled back for their cost.",
+            ["shard"],
+            registry=r,
+        ).labels(shard)
+        self.rollbacks = 0
         self.partitions: dict[str, PartitionMeter] = {}
         self.hot = WindowedTopK(HOT_K, clock=time.monotonic, on_window=self._publish_hot)
 
@@ -181,6 +188,12 @@ class BidderMetrics:
     def set_version(self, version: int) -> None:
         self._version.set(version)
 
+    def set_rollbacks(self, total: int) -> None:
+        """Bring the rollback counter up to ``total``, the resource guard's own count."""
+        if total > self.rollbacks:
+            self._rollbacks.inc(total - self.rollbacks)
+            self.rollbacks = total
+
     def _publish_hot(self, top: list[HeavyHitter], total: float) -> None:
         self._hot.clear()
         for rank, hitter in enumerate(top, start=1):
@@ -213,6 +226,7 @@ class BidderMetrics:
                 for i, h in enumerate(self.hot.last, start=1)
             ],
             "inflight": inflight,
+            "config_rollbacks": self.rollbacks,
             "rss_bytes": rss_bytes(),
         }
 

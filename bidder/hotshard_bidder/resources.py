@@ -121,6 +121,8 @@ class ResourceGuard:
         self.profiler = Profiler(self.policy.profile)
         self.campaigns: dict[str, CampaignResources] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self.rollbacks = 0
+        """Configuration versions rolled back here since start (exported as a counter)."""
         self.sandboxed = False
         self.max_request = self.policy.tokens.max_request_seconds
         """The per-request bound in force: relaxed on the sandbox tier (:meth:`set_tier`)."""
@@ -369,6 +371,7 @@ class ResourceGuard:
             return
         current = history.get(rollout.current)
         if verdict.kind == "rollback":
+            self.rollbacks += 1
             current.verdict, current.why = "bad", verdict.reason
             res.active = rollout.previous
             res.profile.anomalous, res.profile.anomalous_since = False, None

@@ -128,9 +128,8 @@ class ContainmentReader(Protocol):
 class PrometheusContainment:
     """:class:`ContainmentReader` over a PrometheusSource's client, scoped to one map's shards.
 
-    Two instant queries a tick. Quarantines are not read here: the operator counts the ones it
-    commits. TODO(#7): the bidders' automatic rollbacks of a campaign's configuration are only
-    in their ``/stats``, not exported to Prometheus, so status cannot count them yet.
+    Three instant queries a tick. Quarantines are not read here: the operator counts the ones it
+    commits.
     """
 
     def __init__(self, source: PrometheusSource, scope: str) -> None:
@@ -146,12 +145,16 @@ class PrometheusContainment:
             breakers: Any = await self.source.query(
                 f"sum(hotshard_router_breaker_open{matchers(self.scope)})"
             )
+            rollbacks: Any = await self.source.query(
+                f"sum(hotshard_bidder_config_rollbacks_total{matchers(self.scope)})"
+            )
         except QueryError:
             return None  # NB: status keeps the last counts; the tick itself already saw fresh data
         counts = vector_by(outcomes, "outcome")
-        opened = float(breakers[0]["value"][1]) if breakers else 0.0
+        opened, rolled = (float(r[0]["value"][1]) if r else 0.0 for r in (breakers, rollbacks))
         return Containment(
             throttled_requests=round(counts.get("throttled", 0.0)),
             tripped_requests=round(counts.get("tripped", 0.0)),
             breakers_open=round(opened) if math.isfinite(opened) else 0,
+            rollbacks=round(rolled) if math.isfinite(rolled) else 0,
         )

@@ -119,6 +119,10 @@ class Containment(_Model):
     """Router breakers open now on this map's shards (summed over routers)."""
     quarantines: int = Field(default=0, ge=0)
     """Hand-overs that moved a costly campaign to the sandbox tier, since the map was created."""
+    rollbacks: int = Field(default=0, ge=0)
+    """Campaign configuration versions the bidders rolled back for their cost: one per shard
+    that rolled a version back (each shard judges the versions it serves), counted by the bidder
+    pods running now since they started."""
 
 
 class PartitionMapStatus(_Model):

@@ -197,7 +197,7 @@ async def test_campaign_costs_and_containment_reach_status_and_quarantines_add_u
     cluster = FakeCluster()
     status = await ensure_fleet(REF, SPEC, PartitionMapStatus(), cluster, store)
     costs = [CampaignCost(campaign="c-7", partition=3, cpu_cores=0.5, cost_per_hour=1.8)]
-    seen = Containment(throttled_requests=120, tripped_requests=4, breakers_open=1)
+    seen = Containment(throttled_requests=120, tripped_requests=4, breakers_open=1, rollbacks=2)
     step = ScriptedStep(
         StepResult("quarantine", "c-7 burns CPU", campaign_costs=costs, containment=seen),
         StepResult("none", "calm"),  # Prometheus gave no containment counts this tick
@@ -212,6 +212,7 @@ async def test_campaign_costs_and_containment_reach_status_and_quarantines_add_u
         "trippedRequests": 4,
         "breakersOpen": 1,
         "quarantines": 1,
+        "rollbacks": 2,
     }
     status = await run_tick(REF, SPEC, status, cluster, step, elapsed_s=1.0)
     assert status.campaign_costs == []

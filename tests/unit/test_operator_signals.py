@@ -114,7 +114,7 @@ def test_the_shared_source_scopes_every_bidder_query() -> None:
 
 
 class ScriptedPrometheus:
-    """Answers the two containment queries as Prometheus would; records what it was asked."""
+    """Answers the three containment queries as Prometheus would; records what it was asked."""
 
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
@@ -129,6 +129,8 @@ class ScriptedPrometheus:
                 {"metric": {"outcome": "throttled"}, "value": [1, "1520"]},
                 {"metric": {"outcome": "tripped"}, "value": [1, "37"]},
             ]
+        if "rollbacks" in promql:
+            return [{"metric": {}, "value": [1, "3"]}]
         return [{"metric": {}, "value": [1, "2"]}]
 
 
@@ -136,11 +138,14 @@ async def test_containment_counts_come_from_the_bidders_and_routers_of_this_map(
     prometheus = ScriptedPrometheus()
     reader = PrometheusContainment(prometheus, shard_scope("fleet"))  # type: ignore[arg-type]
     counts = await reader.containment()
-    assert counts == Containment(throttled_requests=1520, tripped_requests=37, breakers_open=2)
+    assert counts == Containment(
+        throttled_requests=1520, tripped_requests=37, breakers_open=2, rollbacks=3
+    )
     assert prometheus.asked == [
         'sum by (outcome) (hotshard_bidder_requests{shard=~"fleet-(base|overflow|sandbox)-[0-9]+",'
         ' outcome=~"throttled|tripped"})',
         'sum(hotshard_router_breaker_open{shard=~"fleet-(base|overflow|sandbox)-[0-9]+"})',
+        'sum(hotshard_bidder_config_rollbacks_total{shard=~"fleet-(base|overflow|sandbox)-[0-9]+"})',
     ]
     failing = PrometheusContainment(ScriptedPrometheus(fail=True), "")  # type: ignore[arg-type]
     assert await failing.containment() is None

@@ -94,10 +94,11 @@ def test_the_guard_rolls_back_to_the_last_good_version_and_records_why() -> None
     assert res.history is not None
     assert res.history.get(1).verdict == "good"
     assert guard.configure("c1", bad).version == 2
+    assert guard.rollbacks == 0
     serve(0.004, 4.0)  # 4 ms each: 40x, under the 5 ms per-request bound so they run
     kinds = [e["kind"] for e in guard.events]
     assert kinds[:2] == ["config", "promote"]
-    assert "rollback" in kinds
+    assert kinds.count("rollback") == guard.rollbacks == 1
     assert res.active == 1
     assert res.history.get(2).verdict == "bad"
     assert "back to version 1" in res.history.get(2).why
@@ -160,3 +161,21 @@ def test_a_rollback_goes_to_the_newest_version_not_known_bad() -> None:
     assert history.last_good(3) is first
     first.verdict = "bad"
     assert history.last_good(3).version == 0
+
+
+def test_the_rollback_counter_follows_the_guards_count_and_never_goes_back() -> None:
+    from hotshard_bidder.metrics import BidderMetrics
+
+    metrics = BidderMetrics("s1")
+
+    def exported() -> str:
+        lines = metrics.exposition().decode().splitlines()
+        return next(x for x in lines if x.startswith("hotshard_bidder_config_rollbacks_total"))
+
+    assert exported() == 'hotshard_bidder_config_rollbacks_total{shard="s1"} 0.0'
+    metrics.set_rollbacks(2)
+    metrics.set_rollbacks(2)  # read twice: counted once
+    assert exported() == 'hotshard_bidder_config_rollbacks_total{shard="s1"} 2.0'
+    metrics.set_rollbacks(3)
+    assert exported() == 'hotshard_bidder_config_rollbacks_total{shard="s1"} 3.0'
+    assert metrics.stats(1, 0)["config_rollbacks"] == 3
