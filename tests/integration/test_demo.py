@@ -77,7 +77,7 @@ def skip_on_a_host_too_slow_for_the_fleet(summary: dict[str, Any]) -> None:
         pytest.skip(
             f"the baseline's calm p99 is {calm} ms, over {CALM_P99_BOUND_MS} ms with no spike "
             "and no mitigation: this host is too slow for the demo's fixed shard quotas "
-            "(TODO(#4): size them from a calibration)"
+            "(they are not sized from a calibration: docs/local-mode.md#limits)"
         )
 
 
