@@ -34,10 +34,10 @@ def data_root() -> Path:
     for path in candidates:
         if (path / "openrtb").is_dir():
             return path
+    tried = list(dict.fromkeys(str(p) for p in candidates))  # the guesses coincide from the repo
     raise DataNotFoundError(
-        "cannot find the shared data folder (tried "
-        + ", ".join(str(p) for p in candidates)
-        + "); set HOTSHARD_DATA to the folder that holds openrtb/ and traces/"
+        f"cannot find the shared data folder (tried {', '.join(tried)}); set HOTSHARD_DATA to "
+        "the folder that holds openrtb/ and traces/"
     )
 
 

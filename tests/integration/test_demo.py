@@ -8,6 +8,7 @@ then a baseline pass with mitigation off. It takes about two minutes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,9 @@ DEMO_TIMEOUT_S = 300
 """Twice the quick demo's two minutes: a busy machine is slower, a hung one must still end."""
 
 
-def run_demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_demo(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hotshard.cli", "demo", *args],
         cwd=cwd,
@@ -29,6 +32,7 @@ def run_demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=DEMO_TIMEOUT_S,
         check=False,
+        env=None if env is None else os.environ | env,
     )
 
 
@@ -126,4 +130,16 @@ def test_a_malformed_scenario_is_rejected_naming_the_field(tmp_path: Path) -> No
     )
     done = run_demo("--scenario", str(bad), cwd=tmp_path)
     assert done.returncode == 2
-    assert "field `spike.factor`" in done.stdout
+    assert "field `spike.factor`" in done.stderr
+    assert done.stdout == ""
+
+
+def test_a_missing_data_folder_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    nowhere = tmp_path / "no-data"
+    done = run_demo("--quick", cwd=tmp_path, env={"HOTSHARD_DATA": str(nowhere)})
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"hotshard demo: cannot find the shared data folder (tried {nowhere}); set "
+        "HOTSHARD_DATA to the folder that holds openrtb/ and traces/\n"
+    )
+    assert not (tmp_path / "demo-report").exists()

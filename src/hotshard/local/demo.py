@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 from hotshard.control.loop import ControlLoop, LoopSettings
 from hotshard.control.prometheus import PrometheusSource
 from hotshard.control.sources import DirectSource, MetricsSource
+from hotshard.datasets import DataNotFoundError
 from hotshard.engine.config import EngineConfig
 from hotshard.engine.core import Engine
 from hotshard.local.cgroups import open_limiter
@@ -433,8 +435,8 @@ def main(args: argparse.Namespace) -> int:
         if args.quick:
             scenario = scenario.quickened()
         plan = compile_plan(scenario)
-    except ScenarioError as exc:
-        print(f"hotshard demo: {exc}")
+    except (ScenarioError, DataNotFoundError) as exc:
+        print(f"hotshard demo: {exc}", file=sys.stderr)
         return 2
     cooldown = (
         args.cooldown
@@ -442,11 +444,14 @@ def main(args: argparse.Namespace) -> int:
         else (QUICK_COOLDOWN_S if args.quick else DEMO_COOLDOWN_S)
     )
     if not math.isfinite(cooldown) or cooldown < 0:
-        print(f"hotshard demo: --cooldown must be zero or more seconds, not {cooldown:g}")
+        print(
+            f"hotshard demo: --cooldown must be zero or more seconds, not {cooldown:g}",
+            file=sys.stderr,
+        )
         return 2
     problem = check_report_dir(args.report)
     if problem is not None:
-        print(f"hotshard demo: --report {args.report}: {problem}")
+        print(f"hotshard demo: --report {args.report}: {problem}", file=sys.stderr)
         return 2
     atexit.register(_run_cleanups)
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -458,13 +463,21 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         print(
             "hotshard demo: interrupted; stopping every process it started (no report written)",
+            file=sys.stderr,
             flush=True,
         )
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
         return 128 + signum  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
     except ServiceError as exc:
-        print(f"hotshard demo: {exc}\nstopped every process it started", flush=True)
+        print(
+            f"hotshard demo: {exc}\nstopped every process it started", file=sys.stderr, flush=True
+        )
         return 1
+    except DataNotFoundError as exc:
+        print(
+            f"hotshard demo: {exc}\nstopped every process it started", file=sys.stderr, flush=True
+        )
+        return 2
     finally:
         _run_cleanups()
         signal.signal(signal.SIGTERM, previous)

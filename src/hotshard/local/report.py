@@ -178,14 +178,18 @@ def render_markdown(summary: dict[str, Any], main: PassRecord) -> str:
         f"{_fmt(summary.get('hot_answered_by_router'))} | "
         f"{_fmt(base.get('hot_answered_by_router'))} |"
     )
-    lines += [
-        "",
-        "Errors for the hot campaigns with hotshard are mostly the router's deliberate 429s: while",
-        "a hot campaign is over its allowance (a quarter of a shard per shard serving it) the",
-        "router sheds its excess with a fast, explicit answer instead of letting it queue on the",
-        "shard that the other campaigns share (docs/dataplane.md). Without hotshard the same",
-        "excess waits on that shard until its deadline.",
-    ]
+    shed = summary.get("hot_answered_by_router") or 0
+    hot_errors = sum(summary["errors"].get("hot", {}).values())
+    if shed and shed * 2 >= hot_errors:
+        lines += [
+            "",
+            f"Errors for the hot campaigns with hotshard are mostly ({shed} of {hot_errors}) the",
+            "router's deliberate 429s: while a hot campaign is over its allowance (a quarter of a",
+            "shard per shard serving it) the router sheds its excess with a fast, explicit answer",
+            "instead of letting it queue on the shard that the other campaigns share",
+            "(docs/dataplane.md). Without hotshard the same excess waits on that shard until its",
+            "deadline.",
+        ]
     if summary.get("config_changes"):
         from hotshard.local.resource_run import render_resources
 
