@@ -115,3 +115,23 @@ def test_the_resource_section_is_whole_tables_with_times_from_the_first_action()
     assert sum("rollback_reason" in line for line in lines) == 2
     assert any(line.startswith("| 2.75 | engine | sandbox") for line in lines)
     assert any(line.startswith("| 0.00 | base-2 | throttle") for line in lines)
+
+
+def test_the_report_blames_the_routers_429s_only_when_they_are_most_of_the_hot_errors() -> None:
+    from hotshard.local.report import render_markdown
+
+    def summary(by_router: int, hot_during: int) -> dict[str, object]:
+        phases = {"before": 0, "during": hot_during, "after": 0}
+        return {
+            "scenario": "s",
+            "mitigation": True,
+            "p99_ms": {},
+            "errors": {"hot": phases, "other": dict.fromkeys(phases, 0)},
+            "hot_answered_by_router": by_router,
+        }
+
+    main = record(group({}, {}))
+    shed = render_markdown(summary(by_router=2116, hot_during=2131), main)
+    assert "mostly (2116 of 2131) the\nrouter's deliberate 429s" in shed
+    throttled = render_markdown(summary(by_router=0, hot_during=38), main)  # the bidders' own
+    assert "deliberate 429s" not in throttled
