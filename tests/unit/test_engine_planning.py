@@ -186,9 +186,10 @@ def test_what_the_router_sheds_of_a_hot_campaign_counts_towards_moving_it() -> N
         decision = drv.step(capped, [CampaignLoad(name, p, rate=demand, cpu=0.14)])
         return drv, decision
 
-    drv, decision = run(demand=700.0)  # nothing shed: the router passed all of it
-    assert not [a for a in decision.actions if a.kind in ROUTE_CHANGES]
-    assert f"{home} stays at 42%, under the 70% target" in decision.reason
+    for demand in (700.0, 760.0):  # nothing shed, or counts a few percent apart: timing
+        drv, decision = run(demand)
+        assert not [a for a in decision.actions if a.kind in ROUTE_CHANGES]
+        assert f"{home} stays at 42%, under the 70% target" in decision.reason
     drv, decision = run(demand=3000.0)  # 2300 req/s shed
     (split,) = [a for a in decision.actions if a.kind in ROUTE_CHANGES]
     # 3000 req/s is 1.5 shards: ceil(1.5 / 0.7) = 3 warm shards, at 50% each.

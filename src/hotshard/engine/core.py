@@ -50,6 +50,9 @@ from hotshard.routing import RoutingTable
 
 DEMAND_HISTORY = 64
 """Rounds of shard claims the warm-pool recommender remembers: weeks of spikes."""
+SHED_NOISE = 0.1
+"""A campaign's router count over its partition's served rate by less than this share of it is
+timing, not shedding: the routers count whole 1 s windows, the bidders' rate is an irate."""
 
 
 class Engine:
@@ -187,7 +190,8 @@ class Engine:
                 c = seen.cpu if seen else float(detector.baseline[D_CPU, spot.partition])
                 # The routers count a campaign's requests before they shed its excess; what
                 # its whole partition served is all that reached the bidders.
-                shed = max(0.0, r - float(rate[spot.partition])) if seen else 0.0
+                unserved = r - float(rate[spot.partition]) if seen else 0.0
+                shed = unserved if unserved > SHED_NOISE * r else 0.0
             else:
                 r, c = float(resident_rate[spot.partition]), float(resident_cpu[spot.partition])
             growth = spot_growth(spot, rate, window.ago(1)[RATE], detector.baseline[D_RATE], cfg)
