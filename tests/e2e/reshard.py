@@ -29,6 +29,7 @@ from kubernetes import client
 
 from hotshard.routing import MigrationPhase, RoutingSnapshot, RoutingTable
 from hotshard.routing.configmap_store import ConfigMapRoutingStore
+from hotshard_operator.children import bidder_account_name
 
 from .conftest import REPO, Cluster
 from .fleet import (
@@ -267,16 +268,19 @@ def run_fleet(
         namespace = cluster.new_namespace("reshard")
         install_release(cluster, namespace)
         op_kcfg = token_kubeconfig(cluster, namespace, OPERATOR_ACCOUNT, workdir / "op.kcfg")
-        # NB: bidders need what routers need (get/watch the routing ConfigMap); the chart has
-        # no bidder account of its own yet.
-        svc_kcfg = token_kubeconfig(cluster, namespace, ROUTER_ACCOUNT, workdir / "svc.kcfg")
+        router_kcfg = token_kubeconfig(cluster, namespace, ROUTER_ACCOUNT, workdir / "router.kcfg")
         operator = operator_process(namespace, op_kcfg, workdir / "operator.log").start()
         started.append(operator)
         uid = create_map(cluster, namespace, reshard_spec(prometheus.url, image, shard_cpu))
         store = ConfigMapRoutingStore(client.CoreV1Api(cluster.api), namespace, f"{MAP}-routing")
         cluster.wait_until("the routing ConfigMap", lambda: _readable(store))
+        # The stand-ins run as the bidders' own ServiceAccount, which the operator created with
+        # the map's children: the Role it wrote for them is what this exercises.
+        bidder_kcfg = token_kubeconfig(
+            cluster, namespace, bidder_account_name(MAP), workdir / "bidder.kcfg"
+        )
         kubelet = StandInKubelet(
-            cluster.api, namespace, svc_kcfg, workdir, prometheus, bidder_args
+            cluster.api, namespace, bidder_kcfg, workdir, prometheus, bidder_args
         ).start()
         started.append(kubelet)
         port = free_port()
@@ -286,7 +290,7 @@ def run_fleet(
                 *("router", "--host", "127.0.0.1", "--port", str(port)),
                 *("--routing-configmap", f"{namespace}/{MAP}-routing"),
             ],
-            svc_kcfg,
+            router_kcfg,
             workdir / "router.log",
             program=[
                 sys.executable,

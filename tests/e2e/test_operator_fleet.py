@@ -8,9 +8,10 @@ holds still (Degraded, no reshard); a router follows the routing ConfigMap throu
 its own ServiceAccount; bad maps are refused by the chart's CRD; deleting the map collects
 everything it owned.
 
-TODO(#6): real bidders scraped by Debian's Prometheus (127.0.0.1, labelled with the pod shard
-names), a spike that makes the operator split, a concurrent ConfigMap writer mid-update, an
-operator killed mid-migration, Prometheus stopped and restarted, and merge-back after cooldown.
+The scenarios that need real bidders scraped by Debian's Prometheus (a spike the operator
+splits, a concurrent ConfigMap writer, an operator killed mid-migration, Prometheus stopped and
+restarted, merge-back after cooldown) are in ``test_resharding.py``; the advertiser bug is in
+``test_advertiser_bug.py``.
 """
 
 from __future__ import annotations
