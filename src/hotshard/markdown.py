@@ -11,9 +11,14 @@ from typing import Any
 
 
 def format_cell(value: Any, spec: str = "g") -> str:
-    """``value`` for a table cell: ``-`` when missing, floats through ``spec``."""
+    """``value`` for a table cell: ``-`` when missing or empty, floats through ``spec``, yes or
+    no for a flag, a list as its items joined by commas."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return format(value, spec)
-    return str(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(format_cell(v, spec) for v in value) or "-"
+    return str(value).replace("|", "/")

@@ -135,3 +135,17 @@ def test_the_report_blames_the_routers_429s_only_when_they_are_most_of_the_hot_e
     assert "mostly (2116 of 2131) the\nrouter's deliberate 429s" in shed
     throttled = render_markdown(summary(by_router=0, hot_during=38), main)  # the bidders' own
     assert "deliberate 429s" not in throttled
+
+
+def test_a_table_cell_reads_as_words_not_python() -> None:
+    from hotshard.markdown import format_cell
+
+    assert [format_cell(v) for v in (None, True, False, [], ["throttle", "sandbox"])] == [
+        "-",
+        "yes",
+        "no",
+        "-",
+        "throttle, sandbox",
+    ]
+    assert format_cell(0.125, ".2f") == "0.12"
+    assert format_cell("a | b") == "a / b"  # a pipe would split the cell

@@ -167,3 +167,17 @@ def test_a_scenario_with_steady_campaigns_gets_both_generators(tmp_path: Path) -
     assert list(specs) == ["other", "hot"]
     assert specs["other"].profile == "constant:75.000"
     assert specs["other"].names == ("a",)  # type: ignore[attr-defined]
+
+
+def test_an_unknown_name_lists_the_built_in_scenarios(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario("election-nite")
+    assert str(caught.value).endswith(
+        "No such file or directory (built-in scenarios: advertiser-bug, election-night)"
+    )
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(tmp_path / "mine.yaml")  # a path: no list of names
+    assert (
+        str(caught.value)
+        == f"cannot read scenario {tmp_path / 'mine.yaml'}: No such file or directory"
+    )

@@ -25,6 +25,7 @@ import aiohttp
 
 from hotshard.control.timeline import Entry
 from hotshard.local.scenario import ConfigChange
+from hotshard.markdown import format_cell
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,10 @@ def render_resources(summary: dict[str, Any], baseline: dict[str, Any]) -> list[
             "widened_to",
             "promoted",
         ):
-            lines.append(f"| {label} | {key} | {change.get(key)} | {other.get(key)} |")
+            lines.append(
+                f"| {label} | {key} | {format_cell(change.get(key))} | "
+                f"{format_cell(other.get(key))} |"
+            )
         if change.get("rollback_reason"):
             why = str(change["rollback_reason"]).replace("|", "/")
             lines.append(f"| {label} | rollback_reason | {why} | - |")

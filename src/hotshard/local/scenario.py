@@ -279,7 +279,9 @@ def load_scenario(source: str | Path) -> Scenario:
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror or exc}") from exc
+        names = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml")))
+        builtin = f" (built-in scenarios: {names})" if path.suffix == "" else ""
+        raise ScenarioError(f"cannot read scenario {path}: {exc.strerror or exc}{builtin}") from exc
     except UnicodeDecodeError as exc:
         why = f"{exc.reason} at byte {exc.start}"
         raise ScenarioError(f"scenario {path} is not UTF-8 text: {why}") from exc
