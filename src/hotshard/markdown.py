@@ -12,7 +12,8 @@ from typing import Any
 
 def format_cell(value: Any, spec: str = "g") -> str:
     """``value`` for a table cell: ``-`` when missing or empty, floats through ``spec``, yes or
-    no for a flag, a list as its items joined by commas."""
+    no for a flag, a list as its items joined by commas; text on one line, with no ``|`` that
+    would split the cell."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -21,4 +22,4 @@ def format_cell(value: Any, spec: str = "g") -> str:
         return format(value, spec)
     if isinstance(value, list | tuple):
         return ", ".join(format_cell(v, spec) for v in value) or "-"
-    return str(value).replace("|", "/")
+    return str(value).replace("|", "/").replace("\n", " ")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from hotshard.control.loop import ControlLoop, LoopSettings
 from hotshard.control.prometheus import PrometheusSource
 from hotshard.control.sources import DirectSource, MetricsSource
-from hotshard.datasets import DataNotFoundError
+from hotshard.datasets import DataNotFoundError, data_root
 from hotshard.engine.config import EngineConfig
 from hotshard.engine.core import Engine
 from hotshard.local.cgroups import open_limiter
@@ -431,6 +431,9 @@ async def _watch(
 
 def main(args: argparse.Namespace) -> int:
     try:
+        # Every run sends the corpus's bid requests, whatever its scenario: missing data is
+        # refused here, before anything starts, not by a load generator halfway through.
+        data_root()
         scenario = load_scenario(args.scenario)
         if args.quick:
             scenario = scenario.quickened()
@@ -473,11 +476,6 @@ def main(args: argparse.Namespace) -> int:
             f"hotshard demo: {exc}\nstopped every process it started", file=sys.stderr, flush=True
         )
         return 1
-    except DataNotFoundError as exc:
-        print(
-            f"hotshard demo: {exc}\nstopped every process it started", file=sys.stderr, flush=True
-        )
-        return 2
     finally:
         _run_cleanups()
         signal.signal(signal.SIGTERM, previous)

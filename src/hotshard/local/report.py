@@ -210,6 +210,7 @@ def render_markdown(summary: dict[str, Any], main: PassRecord) -> str:
         "| --- | --- | --- | --- |",
     ]
     for e in main.timeline:
-        reason = e.reason.replace("|", "/").replace("\n", " ")
-        lines.append(f"| {_since(main.t0, e):.1f} | {e.kind} | {_fmt(e.version)} | {reason} |")
+        lines.append(
+            f"| {_since(main.t0, e):.1f} | {e.kind} | {_fmt(e.version)} | {_fmt(e.reason)} |"
+        )
     return "\n".join(lines) + "\n"

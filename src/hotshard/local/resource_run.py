@@ -250,7 +250,7 @@ def render_resources(summary: dict[str, Any], baseline: dict[str, Any]) -> list[
                 f"{format_cell(other.get(key))} |"
             )
         if change.get("rollback_reason"):
-            why = str(change["rollback_reason"]).replace("|", "/")
+            why = format_cell(change["rollback_reason"])
             lines.append(f"| {label} | rollback_reason | {why} | - |")
     lines += ["", "| campaign | requests | CPU s | µs/request | throttled | tripped |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")
@@ -267,7 +267,7 @@ def render_resources(summary: dict[str, Any], baseline: dict[str, Any]) -> list[
     events = summary["containment_events"]
     first = min((e["time"] for e in events), default=0.0)
     for e in events:
-        reason = str(e["reason"]).replace("|", "/")
+        reason = format_cell(e["reason"])
         lines.append(
             f"| {e['time'] - first:.2f} | {e['shard']} | {e['kind']} | {e['campaign']} | {reason} |"
         )
