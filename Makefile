@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+# The chart's render and lint tests use helm when it is on PATH; the e2e build's pinned helm
+# is used when it has been built (the first `make test` builds it after the unit tier).
+HELM_BIN_DIR := $(firstword $(wildcard $(or $(HOTSHARD_E2E_CACHE),$(HOME)/.cache/hotshard-e2e)/helm-*/bin))
 
 .PHONY: demo test lint unit integration e2e bench bench-dataplane bench-engine system-deps schemas clean
 
@@ -34,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+	$(if $(HELM_BIN_DIR),PATH="$(HELM_BIN_DIR):$$PATH") $(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
 integration: $(STAMP) system-deps
 	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)

@@ -34,8 +34,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import kopf
+    from kubernetes.config import ConfigException
 
     import hotshard_operator.handlers  # noqa: F401  (importing registers the handlers)
+    from hotshard_operator.cluster import load_client_config
+
+    # NB: inside kopf a startup failure is retried every minute with a traceback; a machine
+    # with no credentials at all is told so once, before kopf starts.
+    try:
+        load_client_config()
+    except (ConfigException, OSError) as exc:
+        log.error(
+            "hotshard operator: no Kubernetes credentials (in-cluster or kubeconfig): %s", exc
+        )
+        return 2
 
     namespaces: list[str] = list(args.namespace)
     log.info(

@@ -151,3 +151,19 @@ def test_help_shows_the_defaults_of_the_common_flags() -> None:
         "(default 0.25)",
     ):
         assert says in text
+
+
+def test_the_operator_without_credentials_says_so_once_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hotshard_operator import cli
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    assert cli.main(parser.parse_args([])) == 2
+    (line,) = errors(caplog)
+    assert line.startswith(
+        "hotshard operator: no Kubernetes credentials (in-cluster or kubeconfig)"
+    )
